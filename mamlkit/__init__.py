@@ -1,0 +1,24 @@
+"""mamlkit: the library of a course that teaches MAML and FOMAML by building them.
+
+Finn, Abbeel, Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks".
+
+Modules, one idea each:
+    maml         adapt, adapt_batch, meta_loss: the inner loop and the meta-objective on torch.func
+    sinusoid     the paper's regression tasks, MLP and pretrained baseline
+    evaluation   query loss / accuracy after each inner step, 95% confidence intervals
+    trainer      MetaConfig, MetaLearner.meta_step, train() with atomic, resumable checkpoints
+    checkpoint   atomic save / load (weights_only=True)
+    progress     a progress bar for terminals and JupyterLab
+"""
+from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from .evaluation import adaptation_curve, mean_ci95
+from .maml import adapt, adapt_batch, choose_batching, meta_loss, predict_batch
+from .trainer import MetaConfig, MetaLearner, train
+
+__all__ = [
+    "adapt", "adapt_batch", "meta_loss", "predict_batch", "choose_batching",
+    "adaptation_curve", "mean_ci95",
+    "MetaConfig", "MetaLearner", "train",
+    "atomic_save", "save_checkpoint", "load_checkpoint",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,74 @@
+"""Atomic, resumable checkpoints that load with `torch.load(weights_only=True)`.
+
+An interrupted run must lose nothing and must never leave a half-written file that later loads as
+valid. So a checkpoint is written to a temporary file in the same folder, flushed to disk (fsync),
+then renamed over the old one with `os.replace`, which is atomic on POSIX and Windows: a reader sees
+either the old complete file or the new complete file, never a mix. A torn temporary file is ignored
+(and cleaned up by the next save).
+
+Only tensors, numbers, strings, lists and dicts go in, so `weights_only=True` (no pickle code
+execution) can read them back.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "mamlkit-checkpoint-v1"
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """torch.save `obj` to `path` atomically (temporary file + fsync + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # interrupted (KeyboardInterrupt included) or failed: the old file at `path` is untouched
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write a training state dict (see `MetaLearner.state_dict`) atomically, tagged with a format."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+    return atomic_save({"format": FORMAT, **state}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint written by `save_checkpoint`, with `weights_only=True`.
+
+    Raises FileNotFoundError when it is missing and ValueError when the file is not a mamlkit
+    checkpoint (truncated, corrupt, or something else).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for a torn or foreign file
+        raise ValueError(f"path: {path} is not a readable checkpoint (truncated or corrupt?): {e}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"path: {path} is not a {FORMAT} file")
+    return state
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file, to publish next to a shipped checkpoint."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

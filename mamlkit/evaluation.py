@@ -1,0 +1,74 @@
+"""Evaluation of a meta-learned initialization θ: query loss (and accuracy) after each inner step.
+
+At test time MAML adapts θ to a new task with a few gradient steps on its support set and is judged on
+its query set (Finn et al. 2017, Sections 5.1-5.2). No meta-gradient is needed, so the inner steps
+here are first order and θ is detached: the numbers are the same, at a fraction of the memory.
+
+Accuracy is reported over 600 test tasks with a 95% confidence interval, mean ± 1.96 σ / √n, as in
+the paper's Table 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import functional_call, vmap
+
+from .maml import _adapt, check_inner_lr, check_model, check_params, check_steps, check_task_batch, choose_batching
+
+
+def adaptation_curve(model, params, support_x, support_y, query_x, query_y, *, loss_fn, inner_lr, steps: int,
+                     batching: str = "auto", chunk: int = 100, accuracy: bool = False) -> dict:
+    """Query loss of θ, θ' after 1 step, ..., after `steps` steps, for every task.
+
+    support_x: (tasks, K, ...), query_x: (tasks, Q, ...). Tasks are processed `chunk` at a time to
+    bound memory. Returns {"loss": (tasks, steps+1)} and, with accuracy=True (classification, logits
+    over the last dimension), {"accuracy": (tasks, steps+1)} too.
+    """
+    check_model(model)
+    check_params(params)
+    check_inner_lr(inner_lr, params)
+    check_steps(steps)
+    check_task_batch(support_x, support_y, query_x, query_y)
+    if batching == "auto":
+        batching = choose_batching(model, support_x.device)
+    theta = {k: v.detach() for k, v in params.items()}
+    lr = {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
+    buffers = dict(model.named_buffers())
+
+    def one_task(sx, sy, qx, qy, under_vmap):
+        p, losses, accs = theta, [], []
+        for s in range(steps + 1):
+            out = functional_call(model, (p, buffers), (qx,))
+            losses.append(loss_fn(out, qy).detach())
+            if accuracy:
+                accs.append((out.argmax(-1) == qy).float().mean())
+            if s < steps:
+                p, _ = _adapt(model, p, buffers, sx, sy, loss_fn, lr, 1, True, under_vmap)
+                p = {k: v.detach() for k, v in p.items()}
+        return torch.stack(losses), (torch.stack(accs) if accuracy else torch.zeros(()))
+
+    results_loss, results_acc = [], []
+    for start in range(0, support_x.shape[0], chunk):
+        part = [t[start:start + chunk] for t in (support_x, support_y, query_x, query_y)]
+        with torch.enable_grad():
+            if batching == "vmap":
+                l, a = vmap(one_task, in_dims=(0, 0, 0, 0, None))(*part, True)
+            else:
+                pairs = [one_task(*task, False) for task in zip(*part)]
+                l, a = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        results_loss.append(l)
+        results_acc.append(a)
+    out = {"loss": torch.cat(results_loss)}
+    if accuracy:
+        out["accuracy"] = torch.cat(results_acc)
+    return out
+
+
+def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
+    """(mean, half-width of the 95% confidence interval) = (x̄, 1.96 σ / √n) over the first dimension."""
+    values = torch.as_tensor(values, dtype=torch.float64).flatten()
+    n = values.numel()
+    if n < 2:
+        raise ValueError(f"values: need at least 2 values for a confidence interval, got {n}")
+    return float(values.mean()), float(1.96 * values.std(unbiased=True) / math.sqrt(n))

@@ -1,0 +1,199 @@
+"""The at-scale trainer: a meta-optimizer on θ (and on α for Meta-SGD), one `meta_step`, resumable runs.
+
+Finn, Abbeel, Levine (2017), Algorithm 1 (MAML) with the first-order variant of Section 5.2, and
+Li et al. (2017) for the learnable per-parameter α (Meta-SGD).
+
+One meta-step on a batch of B tasks:
+
+    θ'ᵢ = θ − α ∇θ L_Tᵢ(θ; support)            (inner_steps times, `adapt_batch`)
+    L_meta = 1/B Σᵢ L_Tᵢ(θ'ᵢ; query)
+    θ ← Adam(θ, ∇θ L_meta, β)                  (β = meta_lr)
+
+The notebooks write this step by hand first; `MetaLearner.meta_step` is the same few lines, packaged
+for long runs. `train` adds seeded task sampling, a progress bar, a metrics log and atomic checkpoints
+(model, meta-optimizer, RNG state, step, log) from which an interrupted run resumes exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .maml import BATCHINGS, adapt_batch, check_model, predict_batch
+from .progress import progress_bar
+
+
+@dataclass
+class MetaConfig:
+    inner_lr: float = 0.01  # α: inner-loop step size (the paper: 0.01 sinusoid, 0.4 Omniglot)
+    meta_lr: float = 1e-3  # β: Adam step size on θ (the paper: 1e-3)
+    inner_steps: int = 1  # gradient steps on the support set per task during meta-training
+    first_order: bool = False  # True: FOMAML, drop the Hessian term of the meta-gradient
+    learn_inner_lr: bool = False  # True: Meta-SGD, one learned α per parameter entry
+    batching: str = "auto"  # "vmap", "loop" or "auto" (the faster for the model and device)
+    grad_clip: float | None = None  # clip ‖∇θ L_meta‖ to this norm; None: no clipping
+
+    def __post_init__(self):
+        if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0 and math.isfinite(self.inner_lr)):
+            raise ValueError(f"inner_lr: expected a positive finite float (α), got {self.inner_lr!r}")
+        if not (isinstance(self.meta_lr, (int, float)) and self.meta_lr > 0):
+            raise ValueError(f"meta_lr: expected a positive float (β), got {self.meta_lr!r}")
+        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 0:
+            raise ValueError(f"inner_steps: expected an integer >= 0, got {self.inner_steps!r}")
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"batching: expected one of {BATCHINGS}, got {self.batching!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip: expected a positive float or None, got {self.grad_clip!r}")
+
+
+class MetaLearner:
+    """θ (the model's parameters), α, a meta-optimizer, and the meta-step.
+
+    Arguments:
+        model: the network; its parameters are θ and are updated in place by the meta-optimizer only.
+        loss_fn: L(prediction, target), mean-reduced (e.g. `F.mse_loss`, `F.cross_entropy`).
+        config: a `MetaConfig`.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, config: MetaConfig | None = None):
+        check_model(model)
+        self.model, self.loss_fn = model, loss_fn
+        self.config = config or MetaConfig()
+        self.params = dict(model.named_parameters())  # θ
+        if self.config.learn_inner_lr:  # Meta-SGD: α has θ's shapes and is learned by the same optimizer
+            self.inner_lr = {k: torch.full_like(p, self.config.inner_lr, requires_grad=True) for k, p in self.params.items()}
+        else:
+            self.inner_lr = self.config.inner_lr
+        lr_tensors = list(self.inner_lr.values()) if isinstance(self.inner_lr, dict) else []
+        self.optimizer = torch.optim.Adam(list(self.params.values()) + lr_tensors, lr=self.config.meta_lr)
+        self.step = 0  # meta-steps taken
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def adapt(self, support_x, support_y, steps: int | None = None, first_order: bool | None = None):
+        """θ'ᵢ for each task of a batch (tasks, K, ...). Returns (θ' stacked, support losses (tasks, steps))."""
+        c = self.config
+        return adapt_batch(
+            self.model, self.params, support_x.to(self.device), support_y.to(self.device),
+            loss_fn=self.loss_fn, inner_lr=self.inner_lr,
+            steps=c.inner_steps if steps is None else steps,
+            first_order=c.first_order if first_order is None else first_order,
+            batching=c.batching,
+        )
+
+    def predict(self, adapted, x):
+        """f_{θ'ᵢ}(xᵢ) for a batch of tasks: x (tasks, N, ...) -> (tasks, N, ...)."""
+        return predict_batch(self.model, adapted, x.to(self.device), batching=self.config.batching)
+
+    def meta_step(self, support_x, support_y, query_x, query_y) -> dict:
+        """One outer update θ ← Adam(θ, ∇θ L_meta). Returns metrics as floats.
+
+        Raises FloatingPointError (naming the meta-step) when the meta-loss or its gradient is not
+        finite; θ and the optimizer are then left as they were before this step.
+        """
+        query_y = query_y.to(self.device)
+        adapted, support_losses = self.adapt(support_x, support_y)
+        out = self.predict(adapted, query_x)  # (tasks, Q, ...)
+        # mean over tasks of each task's mean query loss (every task has the same Q)
+        loss = self.loss_fn(out.flatten(0, 1), query_y.flatten(0, 1))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"meta_step: the meta-loss is {loss.item()} at meta-step {self.step + 1}; θ was not updated")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"meta_step: the meta-gradient is not finite at meta-step {self.step + 1}; θ was not updated")
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(grads, self.config.grad_clip)  # (the norm was already measured above)
+        self.optimizer.step()
+        self.step += 1
+        metrics = {"step": self.step, "meta_loss": loss.item(), "grad_norm": grad_norm.item()}
+        if support_losses.shape[1] > 0:
+            metrics["support_loss"] = support_losses[:, 0].mean().item()  # before adaptation
+        if not query_y.is_floating_point():  # classification: accuracy of θ' on the query set
+            metrics["accuracy"] = (out.argmax(-1) == query_y).float().mean().item()
+        return metrics
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        lr = {k: v.detach().cpu() for k, v in self.inner_lr.items()} if isinstance(self.inner_lr, dict) else self.inner_lr
+        return {
+            "step": self.step,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "inner_lr": lr,
+            "optimizer": self.optimizer.state_dict(),
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])  # copies values into the existing θ tensors
+        if isinstance(self.inner_lr, dict):
+            with torch.no_grad():
+                for k, v in state["inner_lr"].items():
+                    self.inner_lr[k].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+
+
+def train(
+    learner: MetaLearner,
+    sample_batch: Callable[[torch.Generator], tuple],
+    *,
+    iterations: int,
+    seed: int = 0,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 1000,
+    log_every: int = 100,
+    progress: bool = True,
+    desc: str = "meta-train",
+) -> list[dict]:
+    """Meta-train until `learner.step == iterations`, resuming from `checkpoint_path` if it exists.
+
+    sample_batch(generator) -> (support_x, support_y, query_x, query_y): draws one meta-batch using
+    only that generator, so a run is reproducible from `seed`, and the generator's state (saved in the
+    checkpoint) lets a resumed run draw exactly the tasks the uninterrupted run would have.
+
+    Returns the metrics log (one dict every `log_every` steps). A non-finite meta-loss stops the run
+    with FloatingPointError; the last good checkpoint is left untouched.
+    """
+    for name, v in (("iterations", iterations), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "iterations" else 1):
+            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    generator = torch.Generator().manual_seed(seed)
+    log: list[dict] = []
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path)
+        learner.load_state_dict(state["learner"])
+        generator.set_state(state["generator"])
+        log = list(state["log"])
+
+    def save():
+        if checkpoint_path is not None:
+            save_checkpoint({"learner": learner.state_dict(), "generator": generator.get_state(), "log": log},
+                            checkpoint_path)
+
+    bar = progress_bar(total=iterations, initial=learner.step, desc=desc, disable=not progress)
+    running = None
+    try:
+        while learner.step < iterations:
+            metrics = learner.meta_step(*sample_batch(generator))
+            running = metrics["meta_loss"] if running is None else 0.98 * running + 0.02 * metrics["meta_loss"]
+            if learner.step % log_every == 0 or learner.step == iterations:
+                log.append(metrics)
+            if learner.step % checkpoint_every == 0 or learner.step == iterations:
+                save()
+            bar.set_postfix(meta_loss=running)
+            bar.update()
+    finally:
+        bar.close()
+    return log
