@@ -1,0 +1,511 @@
+"""Omniglot: find it, download it, read it, preprocess it to 28x28, cache it, split it by character.
+
+Lake, Salakhutdinov, Tenenbaum (2015), "Human-level concept learning through probabilistic program
+induction", Science 350(6266): 1,623 handwritten characters from 50 alphabets, each drawn once by
+20 people ("drawers"), 105x105 pixels, 1-bit, black strokes on white.
+
+Finn, Abbeel, Levine (2017), Section 5.2, following Santoro et al. (2016) and Vinyals et al. (2016):
+images downsampled to 28x28, 1,200 characters for meta-training and the rest for testing (split by
+character, so test classes are never seen in training), and the training classes augmented with
+rotations by multiples of 90 degrees, each rotation a new class.
+
+    find_omniglot(path)        where the data is (argument, $MAMLKIT_DATA, ../shared/omniglot, user cache)
+    download_omniglot()        the official zips into the user cache (atomic, checksummed)
+    preprocess(images)         any images -> uint8 (N, 28, 28), strokes 255 on background 0
+    load_omniglot(path)        OmniglotData(images (characters, 20, 28, 28), names, source), cached
+    split_characters(data)     (train, test) by character, seeded
+    rotate_classes(images)     (C, ...) -> (4*C, ...): rotations by 0/90/180/270 degrees as new classes
+    load_omniglot_or_glyphs()  Omniglot, or (with a loud warning) procedural glyphs when none is found
+
+The official layout, inside a zip or an extracted folder: `<set>/<Alphabet>/characterNN/<id>_<drawer>.png`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import atomic_save
+from .progress import progress_bar
+
+SETS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
+URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}.zip"
+# sha256 of the official zips. The two small ones are published in ../shared/omniglot/README.md and
+# were checked against the files. The full pair's hashes are not known to this project: until they
+# are pinned here, a download is only checked for a non-empty, readable zip (TODO: pin them).
+SHA256 = {
+    "images_background_small1": "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
+    "images_background_small2": "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
+    "images_background": None,
+    "images_evaluation": None,
+}
+SIZE, DRAWERS, RAW_SIZE = 28, 20, 105
+CACHE_FORMAT = "mamlkit-omniglot-v1"  # change it when preprocessing changes: old caches then rebuild
+_CHARACTER = re.compile(r"character\d+")
+_IMAGE = re.compile(r"\d+_(\d+)\.png")
+LAYOUT = "<set>/<Alphabet>/characterNN/<id>_<drawer>.png (e.g. images_background/Greek/character01/0394_01.png)"
+
+
+@dataclass
+class OmniglotData:
+    """A character data set: images (characters, drawers, 28, 28) uint8, strokes 255 on background 0."""
+
+    images: torch.Tensor  # (characters, drawers, 28, 28) uint8
+    names: list[str]  # "Alphabet/characterNN", one per character
+    source: str  # where the images came from, in words
+    from_cache: bool = False  # True when load_omniglot read the processed tensor file, not the images
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or len(self.names) != len(self.images):
+            raise ValueError(
+                f"images, names: expected uint8 (characters, drawers, H, W) and one name per character, got "
+                f"{self.images.dtype} {tuple(self.images.shape)} and {len(self.names)} names"
+            )
+
+    @property
+    def alphabets(self) -> list[str]:
+        return sorted({n.split("/")[0] for n in self.names})
+
+    def __repr__(self) -> str:
+        c, d = self.images.shape[:2]
+        return f"OmniglotData({c} characters x {d} drawers, {len(self.alphabets)} alphabets, source={self.source!r})"
+
+
+# ----------------------------------------------------------------------------------------------
+# where the data is
+
+
+def cache_root() -> Path:
+    """The per-user cache folder: $MAMLKIT_CACHE, else $XDG_CACHE_HOME/mamlkit, else ~/.cache/mamlkit."""
+    if os.environ.get("MAMLKIT_CACHE"):
+        return Path(os.environ["MAMLKIT_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mamlkit"
+
+
+def shared_dir() -> Path:
+    """../shared/omniglot next to the repository (mamlkit/ sits in the repository root)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "omniglot"
+
+
+def _sources(path: Path) -> list[Path]:
+    """The Omniglot zips / extracted set folders that `path` holds (a zip, a set folder, or a folder of them)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    found = []
+    for name in SETS:  # a zip and its extracted folder are the same set: take the zip
+        if (path / f"{name}.zip").is_file():
+            found.append(path / f"{name}.zip")
+        elif (path / name).is_dir():
+            found.append(path / name)
+    if not found and any(_CHARACTER.fullmatch(p.name) for p in path.glob("*/*") if p.is_dir()):
+        found.append(path)  # an extracted set folder with a custom name: <path>/<Alphabet>/characterNN/
+    return found
+
+
+def _not_found_message(looked: list[str]) -> str:
+    return (
+        "No Omniglot data found. Looked in:\n  " + "\n  ".join(looked) + "\n"
+        "Put images_background.zip and images_evaluation.zip (the full set, 1,623 characters) or "
+        "images_background_small1.zip and images_background_small2.zip (a 242-character subset), from "
+        "https://github.com/brendenlake/omniglot/tree/master/python, into one of these folders (or their "
+        "extracted folders), or set the environment variable MAMLKIT_DATA to the folder that holds them, "
+        "or run `python -m mamlkit.omniglot --download` where there is internet."
+    )
+
+
+def find_omniglot(path: str | os.PathLike | None = None) -> Path:
+    """The folder (or zip) holding Omniglot, looked for in this order:
+
+    1. `path`, when given (a zip, an extracted set folder, or a folder of zips / set folders);
+    2. the environment variable MAMLKIT_DATA;
+    3. ../shared/omniglot next to the repository, when it exists;
+    4. the user cache `cache_root()/omniglot` that `download_omniglot()` fills.
+
+    A `path` or MAMLKIT_DATA that is given but wrong is an error (never silently skipped).
+    Raises FileNotFoundError saying where to put which files when nothing is found.
+    """
+    for what, given in (("path", path), ("MAMLKIT_DATA", os.environ.get("MAMLKIT_DATA") or None)):
+        if given is None:
+            continue
+        p = Path(given).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"{what}: {p} does not exist. " + _not_found_message([f"{what}: {p}"]))
+        if not _sources(p):
+            raise ValueError(
+                f"{what}: {p} is not in Omniglot's layout: expected one of "
+                f"{', '.join(s + '.zip' for s in SETS)} (or their extracted folders) inside it, or {LAYOUT}"
+            )
+        return p
+    looked = ["path argument: not given", "MAMLKIT_DATA: not set"]
+    for p in (shared_dir(), cache_root() / "omniglot"):
+        if _sources(p):
+            return p
+        looked.append(f"{p} ({'no Omniglot zips in it' if p.exists() else 'absent'})")
+    raise FileNotFoundError(_not_found_message(looked))
+
+
+# ----------------------------------------------------------------------------------------------
+# download (needs internet; machines without it use ../shared/omniglot or MAMLKIT_DATA)
+
+
+def _check_zip(path: Path, name: str) -> None:
+    """Raise ValueError unless `path` is the expected zip: its pinned sha256, else non-empty and readable."""
+    expected = SHA256.get(name)
+    if expected is not None:
+        h = hashlib.sha256(path.read_bytes()).hexdigest()
+        if h != expected:
+            raise ValueError(f"{name}.zip: sha256 {h} does not match the pinned {expected} (corrupt download?)")
+        return
+    # unpinned: the checksum must be pinned in SHA256 above; until then, size and zip integrity only
+    if path.stat().st_size == 0:
+        raise ValueError(f"{name}.zip: the downloaded file is empty")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{name}.zip: not a readable zip ({e})") from e
+    if bad is not None:
+        raise ValueError(f"{name}.zip: member {bad} fails its CRC check (corrupt download?)")
+
+
+def download_omniglot(dest: str | os.PathLike | None = None, *, sets=("images_background", "images_evaluation"),
+                      url: str = URL) -> Path:
+    """Download the official zips into `dest` (default `cache_root()/omniglot`) and return `dest`.
+
+    Each file is written to `<name>.zip.part`, checked (`SHA256`), then renamed with `os.replace`, so
+    an interrupted download never leaves a file that looks complete. Files already there and valid
+    are kept. `url` is a format string with `{name}` (a `file://` URL works too, for tests).
+    """
+    dest = Path(dest).expanduser() if dest is not None else cache_root() / "omniglot"
+    unknown = [s for s in sets if s not in SETS]
+    if isinstance(sets, str) or unknown:
+        raise ValueError(f"sets: expected a tuple of names from {SETS}, got {sets!r}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in sets:
+        final, part = dest / f"{name}.zip", dest / f"{name}.zip.part"
+        if final.is_file():
+            try:
+                _check_zip(final, name)
+                continue
+            except ValueError:
+                pass  # a bad file: download it again
+        try:
+            with urllib.request.urlopen(url.format(name=name), timeout=60) as response, open(part, "wb") as f:
+                total = int(response.headers.get("Content-Length") or 0)
+                bar = progress_bar(desc=f"{name}.zip (bytes)", total=total or None)
+                for block in iter(lambda: response.read(1 << 16), b""):
+                    f.write(block)
+                    bar.update(len(block))
+                bar.close()
+            _check_zip(part, name)
+            os.replace(part, final)
+        finally:
+            part.unlink(missing_ok=True)  # nothing half-written stays behind
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------
+# preprocessing: the one function that turns any character image into the 28x28 format
+
+
+def _to_gray_array(image) -> np.ndarray:
+    """One PIL image, or an array (H, W) / (H, W, C), -> float64 (H, W) in [0, 1], 1 = white paper."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        modes = ("1", "L", "LA", "P", "RGB", "RGBA")
+        if image.mode not in modes:
+            raise ValueError(f"images: PIL mode {image.mode!r} is not supported; expected one of {modes}")
+        if image.mode == "P":
+            image = image.convert("RGBA")
+        a = np.asarray(image)
+        a = a.astype(np.float64) if a.dtype == bool else a.astype(np.float64) / 255.0
+    else:
+        a = np.asarray(image)
+        if a.dtype == bool:
+            a = a.astype(np.float64)
+        elif np.issubdtype(a.dtype, np.integer):
+            if a.size and (a.min() < 0 or a.max() > 255):
+                raise ValueError(f"images: integer pixels must lie in 0..255, got {a.min()}..{a.max()}")
+            a = a.astype(np.float64) / 255.0
+        elif np.issubdtype(a.dtype, np.floating):
+            if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+                raise ValueError(
+                    f"images: float pixels must lie in [0, 1], got {np.nanmin(a):.4g}..{np.nanmax(a):.4g} "
+                    f"(divide 0..255 images by 255)"
+                )
+            a = a.astype(np.float64)
+        else:
+            raise TypeError(f"images: pixels of dtype {a.dtype} are not supported; expected bool, integer or float")
+    if a.ndim == 3:
+        channels = a.shape[2]
+        if channels not in (1, 2, 3, 4):
+            raise ValueError(f"images: expected 1, 2, 3 or 4 channels last, got shape {a.shape}")
+        if channels in (2, 4):  # gray/RGB + alpha: transparent pixels are white paper
+            alpha = a[:, :, -1:]
+            a = a[:, :, :-1] * alpha + (1.0 - alpha)
+        a = a[:, :, 0] if a.shape[2] == 1 else a @ np.array([0.299, 0.587, 0.114])  # luma (ITU-R 601)
+    if a.ndim != 2:
+        raise ValueError(f"images: expected one image (H, W) or (H, W, channels), got shape {a.shape}")
+    return a
+
+
+def _as_image_list(images) -> list:
+    from PIL import Image
+
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError("images: got an empty list")
+        return list(images)
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 2, 3, 4) and images.shape[0] > 4):
+            return [images]  # one image, (H, W) or (H, W, channels)
+        if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 2, 3, 4):
+            raise ValueError(
+                f"images: shape {images.shape} looks channels-first (N, C, H, W); pass channels last "
+                f"(N, H, W, C), e.g. x.permute(0, 2, 3, 1), or (N, H, W) for grayscale"
+            )
+        if images.ndim in (3, 4):
+            return list(images)  # a batch (N, H, W) or (N, H, W, channels)
+        raise ValueError(f"images: expected (H, W), (H, W, C), (N, H, W) or (N, H, W, C), got shape {images.shape}")
+    raise TypeError(f"images: expected a PIL image, a list of them, a numpy array or a tensor, got {type(images).__name__}")
+
+
+def preprocess(images, *, invert: bool = True) -> torch.Tensor:
+    """Any character images -> uint8 (N, 28, 28), strokes 255 on background 0 (the Omniglot format).
+
+    Accepts a PIL image (modes 1, L, LA, P, RGB, RGBA), a list of them, or a numpy array / tensor shaped
+    (H, W), (N, H, W), (H, W, C) or (N, H, W, C) with C = 1 (gray), 2 (gray+alpha), 3 (RGB), 4 (RGBA),
+    of bool, integers 0..255 or floats in [0, 1]. Images need not share one size. Steps:
+
+        gray      RGB -> luma; transparent pixels count as white paper
+        invert    dark strokes on light paper (Omniglot, a scan) -> strokes 1 on background 0
+                  (pass invert=False for images that already have light strokes on a dark background)
+        square    a non-square image is padded with background, centred (never stretched)
+        resize    to 28x28 with antialiasing (bilinear, antialias=True: each output pixel averages
+                  the ~3.75x3.75 input pixels under it, so thin strokes stay visible)
+        store     round(255 * value) as uint8
+
+    Raises TypeError / ValueError naming what it cannot handle (a mode, a dtype, a range, a shape,
+    an image smaller than 8x8).
+    """
+    out = []
+    for i, image in enumerate(_as_image_list(images)):
+        a = _to_gray_array(image)  # (H, W) in [0, 1], 1 = white
+        h, w = a.shape
+        if min(h, w) < 8:
+            raise ValueError(f"images: image {i} is {h}x{w}; expected at least 8x8 pixels")
+        ink = 1.0 - a if invert else a  # strokes 1, background 0
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        square = np.zeros((side, side))  # (side, side) background
+        square[top:top + h, left:left + w] = ink
+        x = torch.from_numpy(square).float()[None, None]  # (1, 1, side, side)
+        if side != SIZE:
+            x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+        out.append((x[0, 0].clamp(0, 1) * 255).round().to(torch.uint8))  # (28, 28)
+    return torch.stack(out)  # (N, 28, 28)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading the official layout from zips or folders
+
+
+class _Source:
+    """One zip or extracted folder: lists its characters and reads their PNG bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise ValueError(f"{path}: not a readable zip file (truncated or corrupt?): {e}") from e
+            members = [m for m in self.zip.namelist() if not m.endswith("/")]
+        else:
+            self.zip = None
+            members = [p.relative_to(path).as_posix() for p in path.rglob("*.png")]
+        self.characters: dict[str, list[tuple[int, str]]] = {}  # "Alphabet/characterNN" -> [(drawer, member)]
+        for m in members:
+            parts = m.split("/")
+            if parts[0] == "__MACOSX" or parts[-1].startswith(".") or not parts[-1].endswith(".png"):
+                continue  # macOS resource forks, hidden files, READMEs
+            drawer = _IMAGE.fullmatch(parts[-1])
+            if len(parts) < 3 or not _CHARACTER.fullmatch(parts[-2]) or drawer is None:
+                raise ValueError(f"{path}: {m} is not in Omniglot's layout; expected {LAYOUT}")
+            self.characters.setdefault(f"{parts[-3]}/{parts[-2]}", []).append((int(drawer.group(1)), m))
+        if not self.characters:
+            raise ValueError(f"{path}: no Omniglot images found; expected {LAYOUT}")
+        for name, files in self.characters.items():
+            if len(files) != DRAWERS:
+                raise ValueError(f"{path}: {name} has {len(files)} images; Omniglot has {DRAWERS} per character")
+            files.sort()
+
+    def read(self, name: str) -> torch.Tensor:
+        """The 20 drawings of one character, preprocessed: (20, 28, 28) uint8."""
+        from PIL import Image, UnidentifiedImageError
+
+        raws = []
+        for _, member in self.characters[name]:
+            try:
+                data = self.zip.read(member) if self.zip else (self.path / member).read_bytes()
+                with Image.open(io.BytesIO(data)) as im:
+                    if im.size != (RAW_SIZE, RAW_SIZE) or im.mode not in ("1", "L"):
+                        raise ValueError(
+                            f"{self.path}: {member} is {im.size[0]}x{im.size[1]} mode {im.mode!r}; Omniglot "
+                            f"images are {RAW_SIZE}x{RAW_SIZE}, mode '1' (1-bit)"
+                        )
+                    raws.append(np.asarray(im.convert("L")))  # (105, 105) uint8, 255 = white
+            except (zipfile.BadZipFile, UnidentifiedImageError, OSError, EOFError) as e:
+                raise ValueError(f"{self.path}: cannot read {member} (corrupt file?): {e}") from e
+        return preprocess(np.stack(raws))  # (20, 28, 28)
+
+    def close(self):
+        if self.zip:
+            self.zip.close()
+
+
+def _fingerprint(sources: list[Path]) -> str:
+    """Names, sizes and modification times of every source file: any change rebuilds the cache."""
+    h = hashlib.sha256(CACHE_FORMAT.encode())
+    for s in sources:
+        files = [s] if s.is_file() else sorted(s.rglob("*.png"))
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_cache(file: Path, fingerprint: str) -> dict | None:
+    if not file.is_file():
+        return None
+    try:
+        d = torch.load(file, map_location="cpu", weights_only=True)
+        ok = (isinstance(d, dict) and d.get("format") == CACHE_FORMAT and d.get("fingerprint") == fingerprint
+              and isinstance(d.get("images"), torch.Tensor) and d["images"].dtype == torch.uint8
+              and tuple(d["images"].shape[1:]) == (DRAWERS, SIZE, SIZE) and len(d["names"]) == len(d["images"]))
+    except Exception as e:  # torch raises several types for a torn file: never trust it, rebuild
+        warnings.warn(f"cache_dir: {file} is unreadable ({type(e).__name__}); rebuilding it", stacklevel=3)
+        return None
+    return d if ok else None
+
+
+def load_omniglot(path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None) -> OmniglotData:
+    """Omniglot as `OmniglotData`: images uint8 (characters, 20, 28, 28), strokes 255 on background 0.
+
+    Reads every set found at `find_omniglot(path)` and takes their union: a character (Alphabet/
+    characterNN) that two sets both hold (Greek and Latin are in both small sets) counts once.
+    Characters are sorted by name. The result is cached as one tensor file in `cache_dir` (default
+    `cache_root()/processed`) keyed by the sources' fingerprint; a cache that is unreadable, of another
+    shape, or made from other files is rebuilt, never trusted. `.from_cache` says which happened.
+    """
+    root = find_omniglot(path)
+    sources = _sources(root)
+    fingerprint = _fingerprint(sources)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "processed"
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]  # one cache file per data folder
+    cache_file = cache_dir / f"omniglot-{key}.pt"
+    description = "Omniglot: " + " + ".join(s.name for s in sources) + f" ({root})"
+
+    cached = _read_cache(cache_file, fingerprint)
+    if cached is not None:
+        return OmniglotData(cached["images"], list(cached["names"]), description, from_cache=True)
+
+    opened = []
+    try:
+        owner: dict[str, _Source] = {}
+        for s in sources:
+            opened.append(_Source(s))
+            for name in opened[-1].characters:
+                owner.setdefault(name, opened[-1])  # de-duplicate: the first set that holds it wins
+        names = sorted(owner)
+        images = torch.stack([owner[n].read(n) for n in progress_bar(names, desc="Omniglot: reading")])
+    finally:
+        for s in opened:
+            s.close()
+    atomic_save({"format": CACHE_FORMAT, "fingerprint": fingerprint, "images": images, "names": names}, cache_file)
+    return OmniglotData(images, names, description, from_cache=False)  # (characters, 20, 28, 28)
+
+
+# ----------------------------------------------------------------------------------------------
+# splits and augmentation, as in the paper
+
+
+def split_characters(data: OmniglotData, *, test_characters: int | None = None, seed: int = 0):
+    """(train, test) `OmniglotData`, split by character with `torch.randperm` seeded by `seed`.
+
+    `test_characters`: how many characters go to the test split; default the paper's proportion
+    423 of 1,623 (1,200 train), rounded: 423 for full Omniglot, 63 for the 242-character subset.
+    The same data and seed give the same split; the two splits share no character.
+    """
+    total = len(data.names)
+    if test_characters is None:
+        test_characters = round(total * 423 / 1623)
+    if isinstance(test_characters, bool) or not isinstance(test_characters, int) or not 0 < test_characters < total:
+        raise ValueError(f"test_characters: expected an integer in 1..{total - 1}, got {test_characters!r}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    test_idx, train_idx = order[:test_characters].sort().values, order[test_characters:].sort().values
+
+    def subset(idx, which):
+        return OmniglotData(data.images[idx], [data.names[i] for i in idx.tolist()],
+                            f"{data.source} [{which} split: {len(idx)} characters, seed {seed}]")
+
+    return subset(train_idx, "train"), subset(test_idx, "test")
+
+
+def rotate_classes(images: torch.Tensor) -> torch.Tensor:
+    """(C, E, H, W) -> (4*C, E, H, W): each class rotated by 0, 90, 180, 270 degrees is a new class.
+
+    Class c rotated by k·90 degrees (counter-clockwise, `torch.rot90`) is class k*C + c. Apply it to
+    the training split only, as the paper does (Santoro et al. 2016).
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[2] != images.shape[3]:
+        what = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images: expected a tensor (classes, examples, H, W) with H == W, got {what}")
+    return torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])  # (4*C, E, H, W)
+
+
+def load_omniglot_or_glyphs(path: str | os.PathLike | None = None, *, cache_dir=None, characters: int = 242,
+                            seed: int = 0) -> OmniglotData:
+    """`load_omniglot(path)`, or, when no Omniglot is found anywhere, procedural glyphs with a warning.
+
+    Only a search that finds nothing falls back: an explicit `path` or MAMLKIT_DATA that is wrong
+    still raises. `characters` and `seed` are the glyph set's (`mamlkit.glyphs.make_glyphs`).
+    """
+    try:
+        return load_omniglot(path, cache_dir=cache_dir)
+    except FileNotFoundError as e:
+        if path is not None or os.environ.get("MAMLKIT_DATA"):
+            raise
+        from .glyphs import make_glyphs
+
+        warnings.warn(
+            f"Using procedural glyphs, NOT Omniglot: results will not match the paper's numbers.\n{e}",
+            stacklevel=2,
+        )
+        return make_glyphs(characters=characters, seed=seed)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--download" in sys.argv:
+        print("downloaded to", download_omniglot())
+    print(load_omniglot())
