@@ -1,0 +1,538 @@
+"""Few-shot image classification with MAML on Omniglot: train, evaluate, classify, reproduce the table.
+
+Finn, Abbeel, Levine (2017), Section 5.2 and Appendix A.1. A task Tᵢ is an n_way-way k_shot-shot
+problem (episodes.py); the model is Conv4 (conv4.py); the loss is cross-entropy. Per meta-step:
+
+    θ'ᵢ = θ − α ∇θ L_Tᵢ(θ; support)            inner_steps times, for each of meta_batch_size tasks
+    θ ← Adam(θ, ∇θ 1/B Σᵢ L_Tᵢ(θ'ᵢ; query), β)
+
+The paper's settings (the defaults of `FewShotConfig`):
+
+    5-way:   α = 0.4, 1 inner step in training, 3 at test time, meta_batch_size 32
+    20-way:  α = 0.1, 5 inner steps in training and at test time, meta_batch_size 16
+    β = 1e-3 (Adam), 60,000 meta-steps, 1,200 training characters x 4 rotations
+
+and its results (Table 1, 95% confidence intervals over 600 test tasks): 5-way 1-shot 98.7 ± 0.4,
+5-way 5-shot 99.9 ± 0.1, 20-way 1-shot 95.8 ± 0.3, 20-way 5-shot 98.9 ± 0.2 (MAML); first-order
+MAML 98.3 ± 0.5 (5-way 1-shot), 99.2 ± 0.2 (5-way 5-shot), 89.4 ± 0.5 (20-way 1-shot).
+
+What this module adds to the core (`mamlkit.MetaLearner`, `mamlkit.train`, `mamlkit.adaptation_curve`):
+
+    FewShotConfig        the experiment, one dataclass, stored inside every checkpoint
+    train_fewshot        a resumable run on the training characters (atomic checkpoints, NaN stops it)
+    evaluate_fewshot     accuracy on 600 test tasks after `steps` inner steps, with its 95% CI
+    FewShotClassifier    a checkpoint as a tool: classify query images from a labelled support set
+    load_pretrained      the checkpoints shipped in mamlkit/weights/, checked against their sha256
+
+Command line (each run is resumable: run the same command again after an interruption):
+
+    python -m mamlkit.fewshot train --n-way 5 --k-shot 1 [--first-order] --iterations N --out PATH
+    python -m mamlkit.fewshot evaluate PATH
+    python -m mamlkit.fewshot results          # the CPU results table, mamlkit/weights/omniglot_results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .checkpoint import load_checkpoint, save_checkpoint, sha256
+from .conv4 import DOWNSAMPLES, make_conv4
+from .evaluation import adaptation_curve, mean_ci95
+from .maml import adapt
+from .trainer import MetaConfig, MetaLearner, train
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"  # shipped checkpoints and their results table
+RESULTS_JSON = WEIGHTS / "omniglot_results.json"
+SIZE = 28  # Omniglot images are downsampled to 28x28 (the paper, after Santoro et al. 2016)
+
+# Table 1 of the paper: (n_way, k_shot, first_order) -> (accuracy %, 95% CI half-width %)
+PAPER = {
+    (5, 1, False): (98.7, 0.4), (5, 5, False): (99.9, 0.1), (20, 1, False): (95.8, 0.3), (20, 5, False): (98.9, 0.2),
+    (5, 1, True): (98.3, 0.5), (5, 5, True): (99.2, 0.2), (20, 1, True): (89.4, 0.5),
+}
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+@dataclass
+class FewShotConfig:
+    """One few-shot experiment. `None` fields take the paper's value for this n_way (5-way or 20-way)."""
+
+    n_way: int = 5  # classes per task (N)
+    k_shot: int = 1  # support images per class (K)
+    q_query: int = 15  # query images per class in each training task
+    meta_batch_size: int | None = None  # tasks per meta-step; paper: 32 (5-way), 16 (20-way)
+    inner_lr: float | None = None  # α; paper: 0.4 (5-way), 0.1 (20-way)
+    inner_steps: int | None = None  # inner steps during meta-training; paper: 1 (5-way), 5 (20-way)
+    test_steps: int | None = None  # inner steps at test time; paper: 3 (5-way), 5 (20-way)
+    meta_lr: float = 1e-3  # β, Adam's step size on θ
+    first_order: bool = False  # True: FOMAML (no Hessian term in the meta-gradient)
+    width: int = 64  # Conv4 filters per layer (paper: 64)
+    downsample: str = "maxpool"  # "maxpool" or "stride" (the paper's Omniglot net), see conv4.py
+    iterations: int = 60_000  # meta-steps (paper: 60,000)
+    seed: int = 0  # model initialization and task sampling
+    device: str = "cpu"
+
+    def __post_init__(self):
+        _positive_int("n_way", self.n_way)
+        _positive_int("k_shot", self.k_shot)
+        _positive_int("q_query", self.q_query)
+        if self.n_way < 2:
+            raise ValueError(f"n_way: expected at least 2 classes per task, got {self.n_way}")
+        twenty = self.n_way >= 20  # which of the paper's two settings applies
+        if self.meta_batch_size is None:
+            self.meta_batch_size = 16 if twenty else 32
+        if self.inner_lr is None:
+            self.inner_lr = 0.1 if twenty else 0.4
+        if self.inner_steps is None:
+            self.inner_steps = 5 if twenty else 1
+        if self.test_steps is None:
+            self.test_steps = 5 if twenty else 3
+        _positive_int("meta_batch_size", self.meta_batch_size)
+        _positive_int("width", self.width)
+        _positive_int("iterations", self.iterations)
+        _positive_int("test_steps", self.test_steps)
+        if self.downsample not in DOWNSAMPLES:
+            raise ValueError(f"downsample: expected one of {DOWNSAMPLES}, got {self.downsample!r}")
+        self.meta_config()  # checks inner_lr, meta_lr, inner_steps
+
+    def meta_config(self) -> MetaConfig:
+        return MetaConfig(inner_lr=self.inner_lr, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
+                          first_order=self.first_order)
+
+    @property
+    def name(self) -> str:
+        return f"omniglot_{self.n_way}way_{self.k_shot}shot_{'fomaml' if self.first_order else 'maml'}"
+
+
+# fields that may change when a run is resumed: the rest must match the checkpoint's
+RESUMABLE_CHANGES = ("iterations", "device")
+
+
+class FewShotLearner(MetaLearner):
+    """A `MetaLearner` whose checkpoints also hold its `FewShotConfig`, so a checkpoint rebuilds its model."""
+
+    def __init__(self, model: nn.Module, config: FewShotConfig):
+        super().__init__(model, F.cross_entropy, config.meta_config())
+        self.fewshot = config
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "fewshot": asdict(self.fewshot)}
+
+
+def make_learner(config: FewShotConfig) -> FewShotLearner:
+    """Conv4 initialized from `config.seed` (without touching the global RNG), wrapped in a learner."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = make_conv4(config.n_way, width=config.width, downsample=config.downsample)
+    return FewShotLearner(model.to(config.device), config)
+
+
+def _check_resumable(config: FewShotConfig, checkpoint_path: Path) -> None:
+    saved = load_checkpoint(checkpoint_path)["learner"].get("fewshot")
+    if saved is None:
+        raise ValueError(f"checkpoint_path: {checkpoint_path} holds no FewShotConfig; it was not written by train_fewshot")
+    now = asdict(config)
+    diff = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]}
+    if diff:
+        raise ValueError(
+            f"checkpoint_path: {checkpoint_path} was trained with another configuration; resuming it would mix "
+            f"two experiments. Differences (checkpoint, now): {diff}. Use another path or the same settings."
+        )
+
+
+def _omniglot_split(path=None, *, glyphs_fallback: bool = True):
+    """(train, test) characters of Omniglot (or the procedural glyphs) with the fixed, seeded split."""
+    from .omniglot import load_omniglot, load_omniglot_or_glyphs, split_characters
+
+    data = load_omniglot_or_glyphs(path) if glyphs_fallback else load_omniglot(path)
+    train_set, test_set = split_characters(data, seed=0)  # the paper's proportion of test characters
+    return data, train_set, test_set
+
+
+def train_fewshot(config: FewShotConfig, *, checkpoint_path, data: torch.Tensor | None = None, progress: bool = True,
+                  checkpoint_every: int = 500, log_every: int = 50) -> tuple[FewShotLearner, list[dict]]:
+    """Meta-train Conv4 on few-shot tasks until `config.iterations` meta-steps, resuming from `checkpoint_path`.
+
+    data: uint8 (classes, examples, 28, 28), the training classes (strokes 255 on background 0).
+    None: Omniglot's training characters (fixed split, seed 0), each rotated by 0/90/180/270 degrees
+    into 4 classes, as the paper.
+
+    Returns (learner, metrics log). A non-finite meta-loss raises FloatingPointError naming the
+    meta-step; the last checkpoint is left as it was.
+    """
+    from .episodes import EpisodeSampler
+    from .omniglot import rotate_classes
+
+    if not isinstance(config, FewShotConfig):
+        raise TypeError(f"config: expected a FewShotConfig, got {type(config).__name__}")
+    if checkpoint_path is None:
+        raise ValueError("checkpoint_path: expected a file path (the run is checkpointed and resumable)")
+    checkpoint_path = Path(checkpoint_path)
+    if data is None:
+        _, train_set, _ = _omniglot_split()
+        data = rotate_classes(train_set.images)  # (4 * characters, 20, 28, 28)
+    if checkpoint_path.exists():
+        _check_resumable(config, checkpoint_path)
+    learner = make_learner(config)
+    sampler = EpisodeSampler(data.to(config.device), n_way=config.n_way, k_shot=config.k_shot,
+                             q_query=config.q_query, meta_batch_size=config.meta_batch_size)
+    log = train(learner, sampler.sample, iterations=config.iterations, seed=config.seed,
+                checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, log_every=log_every,
+                progress=progress, desc=config.name)
+    return learner, log
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation: 600 test tasks, accuracy after `steps` inner steps, 95% confidence interval
+
+
+def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int, k_shot: int, tasks: int = 600,
+                     steps: int | None = None, seed: int = 0, inner_lr: float | None = None, q_query: int = 15,
+                     chunk: int = 50) -> tuple[float, float]:
+    """(mean accuracy, 95% CI half-width) over `tasks` seeded test tasks, after `steps` inner steps.
+
+    learner_or_model: a `MetaLearner` / `FewShotClassifier` (θ, α and the test steps come from it),
+    or an `nn.Module` (then `inner_lr` and `steps` are required). test_images: uint8 (classes,
+    examples, 28, 28), classes never seen in training. Accuracies are fractions in [0, 1]; the CI is
+    1.96 σ / √tasks (`mean_ci95`), as in the paper's Table 1. Every query batch (n_way * q_query
+    images) is normalized with its own batch statistics, as the paper (see conv4.py).
+    """
+    from .episodes import EpisodeSampler
+
+    if isinstance(learner_or_model, (MetaLearner, FewShotClassifier)):
+        model, params = learner_or_model.model, learner_or_model.params
+        inner_lr = learner_or_model.inner_lr if inner_lr is None else inner_lr
+        if steps is None:
+            steps = (learner_or_model.steps if isinstance(learner_or_model, FewShotClassifier)
+                     else getattr(learner_or_model, "fewshot", None) and learner_or_model.fewshot.test_steps)
+    elif isinstance(learner_or_model, nn.Module):
+        model, params = learner_or_model, dict(learner_or_model.named_parameters())
+    else:
+        raise TypeError(f"learner_or_model: expected a MetaLearner, FewShotClassifier or nn.Module, "
+                        f"got {type(learner_or_model).__name__}")
+    if inner_lr is None or steps is None:
+        raise ValueError("inner_lr, steps: required when evaluating a bare nn.Module (α and the number of inner steps)")
+    _positive_int("tasks", tasks)
+    _positive_int("chunk", chunk)
+    if tasks < 2:
+        raise ValueError(f"tasks: need at least 2 tasks for a confidence interval, got {tasks}")
+    device = next(iter(params.values())).device
+    sampler = EpisodeSampler(test_images.to(device), n_way=n_way, k_shot=k_shot, q_query=q_query,
+                             meta_batch_size=min(chunk, tasks))
+    generator = torch.Generator().manual_seed(seed)
+    accuracies = []
+    done = 0
+    while done < tasks:
+        support_x, support_y, query_x, query_y = (t[: tasks - done] for t in sampler.sample(generator))
+        if done == 0:
+            with torch.no_grad():
+                classes = functional_call(model, params, (support_x[0],)).shape[-1]
+            if classes != n_way:
+                raise ValueError(f"n_way: the model has {classes} outputs but the tasks are {n_way}-way")
+        curve = adaptation_curve(model, params, support_x, support_y, query_x, query_y, loss_fn=F.cross_entropy,
+                                 inner_lr=inner_lr, steps=steps, accuracy=True)
+        accuracies.append(curve["accuracy"][:, steps])  # (chunk,) accuracy of θ' after `steps` steps
+        done += support_x.shape[0]
+    return mean_ci95(torch.cat(accuracies))
+
+
+# ----------------------------------------------------------------------------------------------
+# a checkpoint as a classifier
+
+
+class FewShotClassifier:
+    """Adapt a meta-learned θ to a labelled support set and label query images.
+
+    `FewShotClassifier.from_checkpoint(path)` reads a checkpoint of `train_fewshot` (or a shipped one);
+    `.classify(support_images, support_labels, query_images)` returns the predicted labels.
+
+    Images: a float tensor (n, 1, 28, 28) or (n, 28, 28) in [0, 1] with strokes 1 on background 0 (what
+    `EpisodeSampler` gives), a uint8 tensor (n, 28, 28) with strokes 255 (the Omniglot format), or raw
+    images of any size (a list of PIL images or arrays, or a numpy array (n, H, W)), which go through
+    `mamlkit.omniglot.preprocess` (dark strokes on light paper, like Omniglot's PNGs).
+    """
+
+    def __init__(self, model: nn.Module, *, n_way: int, inner_lr: float, steps: int, config: FewShotConfig | None = None):
+        self.model, self.params = model, dict(model.named_parameters())
+        self.n_way, self.inner_lr, self.steps = _positive_int("n_way", n_way), inner_lr, steps
+        self.config = config
+
+    @classmethod
+    def from_checkpoint(cls, path, *, device: str = "cpu") -> "FewShotClassifier":
+        state = load_checkpoint(path, map_location=device)
+        saved = state["learner"].get("fewshot")
+        if saved is None:
+            raise ValueError(f"path: {path} holds no FewShotConfig; expected a checkpoint of train_fewshot")
+        config = FewShotConfig(**{**saved, "device": device})
+        model = make_conv4(config.n_way, width=config.width, downsample=config.downsample).to(device)
+        model.load_state_dict(state["learner"]["model"])
+        for p in model.parameters():
+            p.requires_grad_(False)  # θ is fixed here: only θ' (a new tensor per call) is computed
+        return cls(model, n_way=config.n_way, inner_lr=config.inner_lr, steps=config.test_steps, config=config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def images(self, images, name: str = "images") -> torch.Tensor:
+        """Any accepted image input -> float32 (n, 1, 28, 28) in [0, 1] on the model's device."""
+        if isinstance(images, torch.Tensor):
+            x = images
+            if x.dtype == torch.uint8:
+                x = x.float() / 255.0  # the Omniglot format: strokes 255 -> 1
+            elif not x.is_floating_point():
+                raise TypeError(f"{name}: expected a float (0..1) or uint8 (0..255) tensor, got {x.dtype}")
+            if x.ndim == 3:
+                x = x.unsqueeze(1)  # (n, 28, 28) -> (n, 1, 28, 28)
+            if x.ndim != 4 or tuple(x.shape[1:]) != (1, SIZE, SIZE) or x.shape[0] == 0:
+                raise ValueError(
+                    f"{name}: expected a tensor of shape (n, 1, {SIZE}, {SIZE}) or (n, {SIZE}, {SIZE}), got "
+                    f"{tuple(images.shape)}; pass images of another size as a list (or numpy array) to have "
+                    f"them preprocessed (mamlkit.omniglot.preprocess)"
+                )
+        else:
+            from .omniglot import preprocess
+
+            x = preprocess(images).unsqueeze(1).float() / 255.0  # (n, 1, 28, 28), strokes 1
+        return x.to(self.device, torch.float32)
+
+    def labels(self, labels, n: int) -> torch.Tensor:
+        y = torch.as_tensor(labels)
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"support_labels: expected {n} integer labels (one per support image), "
+                             f"got {y.dtype} of shape {tuple(y.shape)}")
+        present = sorted(set(y.tolist()))
+        if present != list(range(self.n_way)):
+            raise ValueError(
+                f"support_labels: this model was meta-trained for {self.n_way}-way tasks, so the support set "
+                f"needs every label 0..{self.n_way - 1} at least once; got labels {present}"
+            )
+        return y.to(self.device, torch.int64)
+
+    def adapt(self, support_images, support_labels, steps: int | None = None) -> dict:
+        """θ' = θ − α ∇θ L(θ; support), `steps` times (default: the test steps the model was trained for)."""
+        x = self.images(support_images, "support_images")
+        y = self.labels(support_labels, x.shape[0])
+        steps = self.steps if steps is None else steps
+        adapted = adapt(self.model, self.params, x, y, loss_fn=F.cross_entropy, inner_lr=self.inner_lr,
+                        steps=steps, first_order=True)  # no meta-gradient at test time: first order is exact here
+        return {k: v.detach() for k, v in adapted.items()}
+
+    def classify(self, support_images, support_labels, query_images, steps: int | None = None, *,
+                 transductive: bool = True) -> torch.Tensor:
+        """Predicted labels (n_query,) int64 for the query images, after adapting θ on the support set.
+
+        transductive=True (the paper): all query images form one batch and share its BatchNorm
+        statistics. False: each query image is normalized together with the support set, so its label
+        does not depend on the other query images (works for a single query image; see conv4.py).
+        """
+        adapted = self.adapt(support_images, support_labels, steps)
+        query = self.images(query_images, "query_images")
+        with torch.no_grad():
+            if transductive:
+                return functional_call(self.model, adapted, (query,)).argmax(-1)
+            support = self.images(support_images, "support_images")
+            n = support.shape[0]
+            # one batch per query image: [support; that image], keep its row  # (n + 1, 1, 28, 28) each
+            return torch.stack([functional_call(self.model, adapted, (torch.cat([support, q[None]]),))[n].argmax(-1)
+                                for q in query])
+
+
+def load_pretrained(n_way: int = 5, k_shot: int = 1, first_order: bool = False) -> FewShotClassifier:
+    """The shipped Omniglot checkpoint for this setting, after checking its sha256 (mamlkit/weights/)."""
+    if not RESULTS_JSON.is_file():
+        raise FileNotFoundError(f"no results table at {RESULTS_JSON}: run `python -m mamlkit.fewshot results`")
+    runs = json.loads(RESULTS_JSON.read_text())["runs"]
+    name = FewShotConfig(n_way=n_way, k_shot=k_shot, first_order=first_order).name
+    shipped = {r["name"]: r for r in runs if r.get("weights")}
+    if name not in shipped:
+        raise FileNotFoundError(f"n_way, k_shot, first_order: no shipped checkpoint {name!r}; shipped: {sorted(shipped)}")
+    run = shipped[name]
+    path = WEIGHTS / run["weights"]
+    actual = sha256(path) if path.is_file() else "(missing file)"
+    if actual != run["sha256"]:
+        raise ValueError(f"{path}: sha256 mismatch, expected {run['sha256']} (omniglot_results.json), got {actual}; "
+                         f"the file is damaged or was replaced: restore it from the repository")
+    return FewShotClassifier.from_checkpoint(path)
+
+
+def export_weights(checkpoint_path, out_path) -> Path:
+    """A checkpoint without the meta-optimizer's state and the RNG: θ, α, the config and the log (~1/3 the size)."""
+    state = load_checkpoint(checkpoint_path)
+    learner = {k: state["learner"][k] for k in ("step", "model", "inner_lr", "config", "fewshot")}
+    return save_checkpoint({"learner": learner, "log": state["log"]}, out_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# the results table: six runs on this CPU, one after another
+
+SETTINGS = [(5, 1, False), (5, 1, True), (5, 5, False), (5, 5, True), (20, 1, False), (20, 1, True)]  # (n_way, k_shot, first_order)
+SHIP = {(5, 1, False), (5, 5, False), (20, 1, False)}  # the MAML checkpoints shipped in mamlkit/weights/
+# A CPU-sized version of the paper's experiment (its settings: width 64, meta_batch_size 32/16, 15 query
+# images per class, 60,000 steps): the paper's strided Omniglot net at half width, 5 query images per class
+# in training (15 at test time), smaller meta-batches, a few hundred meta-steps, and 20-way trained with
+# 1 inner step instead of 5 (a 20-way second-order step with 5 inner steps costs ~3 s on this CPU).
+CPU_PRESET = dict(width=32, downsample="stride", q_query=5, meta_batch_size=8)
+CPU_SETTING = {(5, 1): dict(iterations=600), (5, 5): dict(iterations=400),
+               (20, 1): dict(iterations=400, meta_batch_size=4, inner_steps=1)}
+
+
+def cpu_config(n_way: int, k_shot: int, first_order: bool, **overrides) -> FewShotConfig:
+    """The configuration `results` trains for one setting; `overrides` (not None) replace preset values."""
+    preset = {**CPU_PRESET, **CPU_SETTING.get((n_way, k_shot), {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return FewShotConfig(n_way=n_way, k_shot=k_shot, first_order=first_order, **preset)
+
+
+def hardware() -> dict:
+    return {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def run_results(runs_dir, *, json_path=RESULTS_JSON, ship: bool = True, tasks: int = 600, data_path=None,
+                progress: bool = True, command: str = "run_results()", **overrides) -> dict:
+    """Train and evaluate the six settings one after another (resumable), write the JSON, return it."""
+    from .omniglot import rotate_classes
+
+    runs_dir = Path(runs_dir)
+    data, train_set, test_set = _omniglot_split(data_path, glyphs_fallback=False)  # real Omniglot only
+    train_images = rotate_classes(train_set.images)  # (4 * train characters, 20, 28, 28)
+    json_path = Path(json_path)
+    previous = {r["name"]: r for r in json.loads(json_path.read_text())["runs"]} if json_path.is_file() else {}
+    results = []
+    for n_way, k_shot, first_order in SETTINGS:
+        config = cpu_config(n_way, k_shot, first_order, **overrides)
+        checkpoint = runs_dir / f"{config.name}.pt"
+        start_step = load_checkpoint(checkpoint)["learner"]["step"] if checkpoint.exists() else 0
+        start = time.perf_counter()
+        learner, _ = train_fewshot(config, checkpoint_path=checkpoint, data=train_images, progress=progress)
+        train_seconds = time.perf_counter() - start
+        if start_step > 0 and config.name in previous:  # resumed: add the time of the earlier calls
+            train_seconds = previous[config.name]["train_seconds"] * start_step / config.iterations + train_seconds
+        start = time.perf_counter()
+        accuracy, ci95 = evaluate_fewshot(learner, test_set.images, n_way=n_way, k_shot=k_shot, tasks=tasks, seed=1)
+        eval_seconds = time.perf_counter() - start
+        run = {"name": config.name, "n_way": n_way, "k_shot": k_shot, "algorithm": "FOMAML" if first_order else "MAML",
+               "accuracy": round(100 * accuracy, 2), "ci95": round(100 * ci95, 2),
+               "paper": PAPER.get((n_way, k_shot, first_order)), "chance": round(100 / n_way, 2),
+               "test_tasks": tasks, "test_steps": config.test_steps, "config": asdict(config),
+               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+               "weights": None, "sha256": None}
+        if ship and (n_way, k_shot, first_order) in SHIP:
+            out = export_weights(checkpoint, json_path.parent / f"{config.name}.pt")
+            run["weights"], run["sha256"] = out.name, sha256(out)
+        results.append(run)
+        print(markdown_row(run), flush=True)
+        table = _write_table(json_path, command, data, train_set, test_set, results)  # after each run: nothing is lost
+    return table
+
+
+def _write_table(json_path: Path, command: str, data, train_set, test_set, results: list[dict]) -> dict:
+    table = {"command": command, "hardware": hardware(),
+             "data": {"source": data.source.split(" (")[0],  # the folder is left out: it is this machine's
+                      "train_characters": len(train_set.names),
+                                              "test_characters": len(test_set.names), "split_seed": 0,
+                                              "train_classes": f"{len(train_set.names)} x 4 rotations"},
+             "runs": results}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
+    return table
+
+
+def markdown_row(run: dict) -> str:
+    paper = f"{run['paper'][0]} ± {run['paper'][1]}" if run.get("paper") else "—"
+    return (f"| {run['n_way']}-way {run['k_shot']}-shot | {run['algorithm']} | {run['accuracy']:.1f} ± {run['ci95']:.1f} "
+            f"| {paper} | {run['chance']:.0f} | {run['config']['iterations']} | {run['train_seconds'] / 60:.1f} min |")
+
+
+def markdown_table(table: dict) -> str:
+    h = table["hardware"]
+    lines = ["| task | algorithm | accuracy % (95% CI, 600 tasks) | paper % | chance % | meta-steps | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- |"] + [markdown_row(r) for r in table["runs"]]
+    lines.append(f"\n`{table['command']}` on {h['processor']}, {h['cpu_count']} CPUs, torch {h['torch']}; "
+                 f"data: {table['data']['source']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.fewshot", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="meta-train Conv4 (resumes from --out if it exists)")
+    t.add_argument("--n-way", type=int, default=5)
+    t.add_argument("--k-shot", type=int, default=1)
+    t.add_argument("--first-order", action="store_true", help="FOMAML")
+    t.add_argument("--iterations", type=int, required=True)
+    t.add_argument("--out", required=True, help="checkpoint path")
+    for flag, kind in (("--q-query", int), ("--meta-batch-size", int), ("--inner-lr", float), ("--inner-steps", int),
+                       ("--test-steps", int), ("--meta-lr", float), ("--width", int), ("--seed", int)):
+        t.add_argument(flag, type=kind, default=None)
+    t.add_argument("--downsample", choices=DOWNSAMPLES, default=None)
+    t.add_argument("--device", default=None)
+    t.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
+    e = sub.add_parser("evaluate", help="accuracy on 600 test tasks with a 95%% confidence interval")
+    e.add_argument("path")
+    e.add_argument("--tasks", type=int, default=600)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--data", default=None)
+    r = sub.add_parser("results", help="train and evaluate the six settings on this CPU; write the JSON table")
+    r.add_argument("--runs-dir", default="omniglot_runs", help="where the full checkpoints go (not shipped)")
+    r.add_argument("--json", default=str(RESULTS_JSON))
+    r.add_argument("--no-ship", action="store_true", help="do not copy MAML checkpoints into mamlkit/weights/")
+    r.add_argument("--iterations", type=int, default=None)
+    r.add_argument("--width", type=int, default=None)
+    r.add_argument("--meta-batch-size", type=int, default=None)
+    r.add_argument("--tasks", type=int, default=600)
+    r.add_argument("--data", default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "train":
+        names = {f.name for f in fields(FewShotConfig)}
+        given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        config = FewShotConfig(**given)
+        data = None
+        if args.data is not None:
+            from .omniglot import rotate_classes
+
+            data = rotate_classes(_omniglot_split(args.data)[1].images)
+        learner, log = train_fewshot(config, checkpoint_path=args.out, data=data)
+        print(f"{config.name}: {learner.step} meta-steps, last logged meta-loss {log[-1]['meta_loss']:.4f}, "
+              f"accuracy {log[-1].get('accuracy', float('nan')):.3f} -> {args.out}")
+    elif args.command == "evaluate":
+        classifier = FewShotClassifier.from_checkpoint(args.path)
+        c = classifier.config
+        _, _, test_set = _omniglot_split(args.data)
+        steps = c.test_steps if args.steps is None else args.steps
+        accuracy, ci95 = evaluate_fewshot(classifier, test_set.images, n_way=c.n_way, k_shot=c.k_shot,
+                                          tasks=args.tasks, steps=steps, seed=args.seed)
+        paper = PAPER.get((c.n_way, c.k_shot, c.first_order))
+        print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
+              f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
+    else:
+        table = run_results(args.runs_dir, json_path=args.json, ship=not args.no_ship, tasks=args.tasks,
+                            data_path=args.data, iterations=args.iterations, width=args.width,
+                            command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]),
+                            meta_batch_size=args.meta_batch_size)
+        print(markdown_table(table))
+
+
+if __name__ == "__main__":
+    main()
