@@ -33,11 +33,12 @@ The alternatives, and why they are not the default:
 - Running statistics (`track_running_stats=True`): the forward pass would *write* buffers, which a pure
   function of θ cannot do, so mamlkit rejects such a model in training mode. In eval mode it uses fixed
   running statistics, which mix every task of meta-training and fit no single task.
-- Per-example evaluation (one query image at a time): with a batch of one the last layer's statistics
-  are those of a single 1x1 feature map, its variance is 0, and every image gets the same logits. Use
-  the support set's statistics instead: normalize [support; one query image] together and keep the
-  query row (`FewShotClassifier.classify(..., transductive=False)` in fewshot.py). Non-transductive,
-  slightly below the paper's numbers.
+- Per-example evaluation (one query image at a time): with a batch of one, each layer normalizes with
+  the statistics of a single image (in the last block, of its 9 or 4 pixels), far from the batch
+  statistics θ was meta-trained with. Use the support set's statistics instead: normalize
+  [support; one query image] together and keep the query row
+  (`FewShotClassifier.classify(..., transductive=False)` in fewshot.py). Non-transductive: a query
+  image's label no longer depends on the other query images.
 """
 from __future__ import annotations
 
