@@ -196,7 +196,7 @@ class OuterLoopExplorer:
     """
 
     def __init__(self, family: str = "sine", *, n_tasks: int = 3, theta0=None, inner_lr: float = 0.3,
-                 inner_steps: int = 1, meta_lr: float = 0.5, epsilon: float = 1.0, max_iterations: int = 40,
+                 inner_steps: int = 1, meta_lr: float = 0.25, epsilon: float = 1.0, max_iterations: int = 40,
                  algorithm: str = "MAML", seed: int = 0):
         if algorithm not in toy2d.ALGORITHMS:
             raise ValueError(f"algorithm: expected one of {toy2d.ALGORITHMS}, got {algorithm!r}")
