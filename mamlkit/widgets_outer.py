@@ -207,16 +207,17 @@ class OuterLoopExplorer:
         self.cache: dict = {}
         s = {"description_width": "90px"}
         self.algorithm = widgets.Dropdown(options=list(toy2d.ALGORITHMS), value=algorithm, description="algorithm", style=s)
-        self.inner_lr = widgets.FloatSlider(inner_lr, min=0.05, max=0.6, step=0.05, description="α (inner_lr)", style=s)
-        self.inner_steps = widgets.IntSlider(inner_steps, min=1, max=5, description="inner_steps", style=s)
-        self.meta_lr = widgets.FloatSlider(meta_lr, min=0.05, max=1.5, step=0.05, description="β (meta_lr)", style=s)
-        self.epsilon = widgets.FloatSlider(epsilon, min=0.1, max=2.0, step=0.1, description="ε (Reptile)", style=s)
+        self.inner_lr = widgets.FloatSlider(inner_lr, min=0.05, max=0.6, step=0.05, description="α (inner_lr)", style=s, continuous_update=False)
+        self.inner_steps = widgets.IntSlider(inner_steps, min=1, max=5, description="inner_steps", style=s, continuous_update=False)
+        self.meta_lr = widgets.FloatSlider(meta_lr, min=0.05, max=1.5, step=0.05, description="β (meta_lr)", style=s, continuous_update=False)
+        self.epsilon = widgets.FloatSlider(epsilon, min=0.1, max=2.0, step=0.1, description="ε (Reptile)", style=s, continuous_update=False)
         self.iteration = widgets.IntSlider(0, min=0, max=max_iterations, description="iteration", style=s)
         self.play = widgets.Play(0, min=0, max=max_iterations, interval=250, description="play")
         widgets.jslink((self.play, "value"), (self.iteration, "value"))  # the browser moves the slider
         self.step = widgets.Button(description="step", icon="step-forward")
         self.reset = widgets.Button(description="reset", icon="undo")
         self.compare = widgets.Checkbox(True, description="show all three paths")
+        # α, β, ε, inner_steps recompute whole paths (up to ~1 s): redraw when the slider is released
         self.view = new_outer_view(self.tasks, max_iterations)
         self.canvas = Canvas(self.view["figure"])
         self.canvas.animate(*_outer_moving(self.view))
