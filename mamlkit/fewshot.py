@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -220,9 +218,10 @@ def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int,
     if isinstance(learner_or_model, (MetaLearner, FewShotClassifier)):
         model, params = learner_or_model.model, learner_or_model.params
         inner_lr = learner_or_model.inner_lr if inner_lr is None else inner_lr
-        if steps is None:
-            steps = (learner_or_model.steps if isinstance(learner_or_model, FewShotClassifier)
-                     else getattr(learner_or_model, "fewshot", None) and learner_or_model.fewshot.test_steps)
+        if steps is None and isinstance(learner_or_model, FewShotClassifier):
+            steps = learner_or_model.steps
+        elif steps is None and isinstance(learner_or_model, FewShotLearner):
+            steps = learner_or_model.fewshot.test_steps
     elif isinstance(learner_or_model, nn.Module):
         model, params = learner_or_model, dict(learner_or_model.named_parameters())
     else:
