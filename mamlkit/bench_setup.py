@@ -1,0 +1,226 @@
+"""What `python -m mamlkit.bench` measures: the problems, one meta-step per method, and the meters.
+
+Finn, Abbeel, Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks":
+the two set-ups of the paper, with random inputs of the right shapes (timing does not depend on the
+pixel values, and the benchmark must run without the Omniglot download):
+
+    sinusoid  MLP 1-40-40-1, meta_batch_size 25, K = k_shot = 10 support and 10 query points, α = 0.01
+    conv4     Conv4 (width 64), n_way 5, k_shot 1, q_query 15, α = 0.4, 28x28 images
+
+A meta-step is the whole outer update, the thing a training run repeats:
+
+    θ'ᵢ = θ − α ∇θ L_Tᵢ(θ; support)       (inner_steps times, for each of the meta_batch_size tasks)
+    L_meta = 1/B Σᵢ L_Tᵢ(θ'ᵢ; query);  L_meta.backward();  Adam step on θ (β = 1e-3)
+
+Methods (each gets its own copy of the model, so they never share θ or optimizer state):
+
+    mamlkit-vmap       mamlkit.meta_loss(batching="vmap"): one task's computation mapped over tasks
+    mamlkit-loop       mamlkit.meta_loss(batching="loop"): tasks one after another
+    mamlkit-loop-bf16  the loop under bf16 autocast (speed.autocast_context)
+    mamlkit-ckpt       the loop with checkpointed inner steps (speed.checkpointed_meta_loss)
+    autograd-loop      baselines.autograd_meta_loss: the textbook per-task autograd.grad loop
+    higher             baselines.higher_meta_backward: the `higher` library (if installed)
+
+Meters: median wall time of a meta-step, its peak memory (CPU: torch.profiler's allocation events;
+CUDA: torch.cuda.max_memory_allocated), its FLOPs (torch.utils.flop_counter), and the machine's
+float32 matmul speed as the yardstick for GFLOP/s.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .baselines import autograd_meta_loss, higher_meta_backward
+from .maml import meta_loss
+from .sinusoid import make_mlp, sample_tasks
+from .speed import autocast_context, checkpointed_meta_loss
+
+try:
+    from .conv4 import make_conv4
+except ImportError:  # the course's Conv4 module is not there: the same architecture, written here
+    def make_conv4(n_way: int, *, width: int = 64, in_channels: int = 1, image_size: int = 28) -> nn.Sequential:
+        blocks = []
+        for c_in in (in_channels, width, width, width):
+            blocks += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width, track_running_stats=False),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+        size = image_size // 16  # four 2x2 max-pools: 28 -> 14 -> 7 -> 3 -> 1
+        return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(width * size * size, n_way))
+
+METHODS = ("mamlkit-vmap", "mamlkit-loop", "mamlkit-loop-bf16", "mamlkit-ckpt", "autograd-loop", "higher")
+
+
+def higher_available() -> bool:
+    return importlib.util.find_spec("higher") is not None
+
+
+@dataclass
+class Problem:
+    """A model and one meta-batch, every tensor with a leading task dimension."""
+
+    name: str  # "sinusoid" or "conv4"
+    model: nn.Module
+    tensors: tuple  # (support_x, support_y, query_x, query_y)
+    loss_fn: Callable
+    inner_lr: float  # α
+
+    @property
+    def meta_batch_size(self) -> int:
+        return self.tensors[0].shape[0]
+
+
+def sinusoid_problem(meta_batch_size: int = 25, k_shot: int = 10, *, device="cpu", seed: int = 0) -> Problem:
+    """The paper's regression set-up: MLP 1-40-40-1, K support and K query points per task, α = 0.01."""
+    torch.manual_seed(seed)
+    batch = sample_tasks(meta_batch_size, k_shot, generator=torch.Generator().manual_seed(seed))
+    return Problem("sinusoid", make_mlp().to(device), tuple(t.to(device) for t in batch.tensors()), F.mse_loss, 0.01)
+
+
+def conv4_problem(meta_batch_size: int = 32, *, n_way: int = 5, k_shot: int = 1, q_query: int = 15,
+                  width: int = 64, device="cpu", seed: int = 0) -> Problem:
+    """Omniglot-shaped few-shot classification with random 28x28 images, Conv4, α = 0.4."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    support_x = torch.randn(meta_batch_size, n_way * k_shot, 1, 28, 28, generator=g)  # (tasks, n_way*k_shot, 1, 28, 28)
+    query_x = torch.randn(meta_batch_size, n_way * q_query, 1, 28, 28, generator=g)  # (tasks, n_way*q_query, 1, 28, 28)
+    support_y = torch.arange(n_way).repeat_interleave(k_shot).expand(meta_batch_size, -1)  # (tasks, n_way*k_shot)
+    query_y = torch.arange(n_way).repeat_interleave(q_query).expand(meta_batch_size, -1)  # (tasks, n_way*q_query)
+    tensors = tuple(t.contiguous().to(device) for t in (support_x, support_y, query_x, query_y))
+    return Problem("conv4", make_conv4(n_way, width=width).to(device), tensors, F.cross_entropy, 0.4)
+
+
+def make_meta_step(problem: Problem, method: str, *, inner_steps: int, first_order: bool) -> Callable[[], None]:
+    """A function running one full meta-step (forward, backward, Adam) of `method` on `problem`."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method == "higher" and not higher_available():
+        raise ImportError("method: 'higher' needs the higher library (pip install higher)")
+    model = copy.deepcopy(problem.model)  # its own θ and Adam state
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # β = 1e-3
+    kw = dict(loss_fn=problem.loss_fn, inner_lr=problem.inner_lr, steps=inner_steps, first_order=first_order)
+    device = problem.tensors[0].device
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        if method == "higher":
+            higher_meta_backward(model, *problem.tensors, **kw)  # back-propagates task by task
+        else:
+            with autocast_context(method == "mamlkit-loop-bf16", device):
+                if method == "autograd-loop":
+                    loss = autograd_meta_loss(model, params, *problem.tensors, **kw)
+                elif method == "mamlkit-ckpt":
+                    loss = checkpointed_meta_loss(model, params, *problem.tensors, **kw)
+                else:
+                    batching = "vmap" if method == "mamlkit-vmap" else "loop"
+                    loss = meta_loss(model, params, *problem.tensors, batching=batching, **kw)
+            loss.backward()
+        optimizer.step()
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------------
+# meters
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], reps: int, device="cpu") -> dict[str, list[float]]:
+    """Run each function `reps` times, round-robin, and return its wall times in ms.
+
+    Round-robin, not one method after another: on a shared machine a burst of load from elsewhere
+    then slows every method alike, and the ratios stay meaningful.
+    """
+    if reps < 1:
+        raise ValueError(f"reps: expected at least 1 timed repetition, got {reps!r}")
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, fn in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def peak_memory_mb(fn: Callable[[], None], device="cpu") -> float:
+    """Peak memory (MiB) that one call of `fn` allocates above what was allocated before it.
+
+    CUDA: torch.cuda.max_memory_allocated. CPU: torch has no allocator statistics there (and
+    tracemalloc does not see torch's allocations), so the call runs under torch.profiler with
+    profile_memory=True, which records every allocation and free with a timestamp; the running sum
+    in time order peaks at the answer.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for size in _allocation_sizes(prof):  # + bytes allocated, − bytes freed, in time order
+        current += size
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def _allocation_sizes(prof) -> list[int]:
+    """The CPU allocations (+bytes) and frees (−bytes) a torch.profiler run recorded, in time order."""
+    try:  # fast: the raw event tree (torch's private API, as used by torch.profiler._memory_profiler)
+        from torch._C._profiler import _EventType
+
+        events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            event = stack.pop()
+            stack.extend(event.children)
+            if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+                events.append((event.start_time_ns, event.extra_fields.alloc_size))
+        return [size for _, size in sorted(events)]
+    except (ImportError, AttributeError):  # slow but public: each op's own allocations minus frees
+        events = sorted(prof.events(), key=lambda e: e.time_range.start)
+        return [e.self_cpu_memory_usage for e in events]
+
+
+def count_gflop(fn: Callable[[], None]) -> float:
+    """GFLOP of one call of `fn` (matmuls and convolutions, forward and backward), by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(device="cpu", n: int = 1024, reps: int = 10) -> float:
+    """The machine's float32 matmul speed (GFLOP/s, best of `reps`): 2 n³ FLOPs per n x n product."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
