@@ -94,6 +94,21 @@ def check_model(model) -> None:
             )
 
 
+def _has_training_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+def check_vmap_safe(model: nn.Module, first_order: bool) -> None:
+    """torch's BatchNorm gives a wrong second-order gradient under vmap (torch 2.13, checked against
+    finite differences in tests/test_maml.py), so refuse that combination instead of being silently wrong."""
+    if not first_order and _has_training_batchnorm(model):
+        raise ValueError(
+            "batching: 'vmap' with second-order MAML through torch.nn.BatchNorm in training mode gives a wrong "
+            "meta-gradient (a PyTorch vmap bug); use batching='loop', first_order=True, or a BatchNorm written "
+            "with plain tensor ops such as mamlkit.conv4.BatchNorm (vmap-safe)"
+        )
+
+
 def check_task(support_x, support_y, where: str = "") -> None:
     for name, t in (("support_x", support_x), ("support_y", support_y)):
         if not isinstance(t, torch.Tensor):
@@ -233,6 +248,8 @@ def choose_batching(model: nn.Module, device: torch.device | str | None = None) 
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
+    if _has_training_batchnorm(model):
+        return "loop"  # see check_vmap_safe: vmap + torch BatchNorm is wrong at second order
     if torch.device(device).type != "cpu":
         return "vmap"
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
@@ -271,6 +288,7 @@ def adapt_batch(
         return _adapt(model, params, buffers, sx, sy, loss_fn, inner_lr, steps, first_order, under_vmap)
 
     if batching == "vmap":
+        check_vmap_safe(model, first_order)
         # in_dims=0: map over the leading task dimension of the support set; θ, α are shared (not mapped).
         with torch.enable_grad():
             adapted, losses = vmap(one_task, in_dims=(0, 0, None))(support_x, support_y, True)
