@@ -28,6 +28,7 @@ import re
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,7 +204,13 @@ def download_omniglot(dest: str | os.PathLike | None = None, *, sets=("images_ba
             except ValueError:
                 pass  # a bad file: download it again
         try:
-            with urllib.request.urlopen(url.format(name=name), timeout=60) as response, open(part, "wb") as f:
+            try:
+                response = urllib.request.urlopen(url.format(name=name), timeout=60)
+            except OSError as e:  # URLError, timeouts, DNS failures
+                raise ConnectionError(
+                    f"url: could not download {url.format(name=name)} ({e}). " + _not_found_message([str(dest)])
+                ) from e
+            with response, open(part, "wb") as f:
                 total = int(response.headers.get("Content-Length") or 0)
                 bar = progress_bar(desc=f"{name}.zip (bytes)", total=total or None)
                 for block in iter(lambda: response.read(1 << 16), b""):
@@ -375,7 +382,7 @@ class _Source:
                             f"images are {RAW_SIZE}x{RAW_SIZE}, mode '1' (1-bit)"
                         )
                     raws.append(np.asarray(im.convert("L")))  # (105, 105) uint8, 255 = white
-            except (zipfile.BadZipFile, UnidentifiedImageError, OSError, EOFError) as e:
+            except (zipfile.BadZipFile, zlib.error, UnidentifiedImageError, OSError, EOFError) as e:
                 raise ValueError(f"{self.path}: cannot read {member} (corrupt file?): {e}") from e
         return preprocess(np.stack(raws))  # (20, 28, 28)
 

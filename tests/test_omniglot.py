@@ -237,6 +237,19 @@ def test_truncated_zip_is_a_clear_error_naming_the_file(small_set, tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+def test_corrupt_member_is_a_clear_error(small_set, tmp_path):
+    z = small_set / "images_background.zip"
+    raw = bytearray(z.read_bytes())
+    with zipfile.ZipFile(z) as zf:  # flip bytes inside the first image's data; the directory stays intact
+        info = zf.infolist()[0]
+    start = info.header_offset + 30 + len(info.filename) + 20
+    raw[start:start + 8] = bytes(255 - b for b in raw[start:start + 8])
+    z.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="images_background.zip: cannot read .*1000_01.png.*CRC"):
+        load_omniglot(small_set, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 def test_wrong_layout_inside_zip(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -282,6 +295,10 @@ def test_download_atomic_and_checked(small_set, tmp_path, monkeypatch):
     assert sorted(p.name for p in dest.iterdir()) == ["images_background.zip"]
     with pytest.raises(ValueError, match="sets"):
         download_omniglot(tmp_path / "dl", sets="images_background", url=url)
+    # offline: a clear error that says where to put the files, and no file left
+    with pytest.raises(ConnectionError, match="url: could not download.*images_background_small2.zip"):
+        download_omniglot(tmp_path / "dl", sets=("images_background_small2",), url=url)
+    assert sorted(p.name for p in dest.iterdir()) == ["images_background.zip"]
 
 
 # ----------------------------------------------------------------------------------------------
