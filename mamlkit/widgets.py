@@ -19,7 +19,8 @@ show static figures, and the tests call them to check the numbers.
 
 Display a widget as a cell's last expression, or with `display(widget)`.
 """
-from .widgets_anatomy import MetaGradientAnatomy, draw_anatomy, new_anatomy_view, task_objective_grid
+from .widgets_anatomy import (MetaGradientAnatomy, draw_anatomy, draw_anatomy_background, new_anatomy_view,
+                              task_objective_grid)
 from .widgets_canvas import Canvas, figure_png, new_figure
 from .widgets_inner import InnerLoopExplorer, compute_inner, course_models, draw_inner, new_inner_view, quick_models
 from .widgets_outer import (OuterLoopExplorer, compute_anatomy, compute_grids, compute_outer, draw_outer,
@@ -29,5 +30,5 @@ __all__ = [
     "InnerLoopExplorer", "OuterLoopExplorer", "MetaGradientAnatomy",
     "compute_inner", "compute_outer", "compute_grids", "compute_anatomy", "task_objective_grid",
     "new_inner_view", "draw_inner", "new_outer_view", "draw_outer", "draw_outer_background",
-    "new_anatomy_view", "draw_anatomy", "course_models", "quick_models", "Canvas", "new_figure", "figure_png",
+    "new_anatomy_view", "draw_anatomy", "draw_anatomy_background", "course_models", "quick_models", "Canvas", "new_figure", "figure_png",
 ]
