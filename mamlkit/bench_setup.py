@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .baselines import autograd_meta_loss, higher_meta_backward
-from .maml import meta_loss
+from .maml import check_vmap_safe, meta_loss
 from .sinusoid import make_mlp, sample_tasks
 from .speed import autocast_context, checkpointed_meta_loss
 
@@ -94,6 +94,16 @@ def conv4_problem(meta_batch_size: int = 32, *, n_way: int = 5, k_shot: int = 1,
     query_y = torch.arange(n_way).repeat_interleave(q_query).expand(meta_batch_size, -1)  # (tasks, n_way*q_query)
     tensors = tuple(t.contiguous().to(device) for t in (support_x, support_y, query_x, query_y))
     return Problem("conv4", make_conv4(n_way, width=width).to(device), tensors, F.cross_entropy, 0.4)
+
+
+def refusal(problem: Problem, method: str, first_order: bool) -> str | None:
+    """Why mamlkit refuses to run `method` on `problem` (vmap + second order + torch BatchNorm), or None."""
+    if method == "mamlkit-vmap":
+        try:
+            check_vmap_safe(problem.model, first_order)
+        except ValueError as e:
+            return str(e)
+    return None
 
 
 def make_meta_step(problem: Problem, method: str, *, inner_steps: int, first_order: bool) -> Callable[[], None]:
