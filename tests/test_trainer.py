@@ -1,0 +1,144 @@
+"""The trainer: meta_step is the meta-objective, runs resume exactly, checkpoints are atomic."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mamlkit
+from mamlkit import MetaConfig, MetaLearner, load_checkpoint, meta_loss, save_checkpoint, train
+from mamlkit.sinusoid import make_mlp, sample_tasks
+
+
+def sampler(g):
+    return sample_tasks(5, 5, generator=g).tensors()
+
+
+def make_learner(seed=0, **config):
+    torch.manual_seed(seed)
+    return MetaLearner(make_mlp(hidden=16), F.mse_loss, MetaConfig(**config))
+
+
+def params_of(learner):
+    return torch.cat([p.detach().flatten() for p in learner.params.values()])
+
+
+def test_meta_step_follows_the_meta_gradient_of_meta_loss():
+    learner = make_learner(meta_lr=0.01)
+    batch = sampler(torch.Generator().manual_seed(0))
+    # independent of the trainer: the same loss through mamlkit.meta_loss, and Adam's first step
+    # moves each entry by -β·g/(|g| + ε) (bias-corrected m̂ = g, v̂ = g² at step 1, ε = 1e-8)
+    before = {k: v.detach().clone() for k, v in learner.params.items()}
+    loss = meta_loss(learner.model, learner.params, *batch, loss_fn=F.mse_loss, inner_lr=0.01)
+    grads = dict(zip(learner.params, torch.autograd.grad(loss, list(learner.params.values()))))
+    metrics = learner.meta_step(*batch)
+    assert metrics["meta_loss"] == pytest.approx(loss.item(), rel=1e-6)
+    for k, p in learner.params.items():
+        torch.testing.assert_close(p.detach(), before[k] - 0.01 * grads[k] / (grads[k].abs() + 1e-8), rtol=0, atol=1e-6)
+
+
+def test_meta_training_lowers_the_query_loss():
+    learner = make_learner(meta_lr=3e-3)
+    test = sample_tasks(50, 5, 20, generator=torch.Generator().manual_seed(99))
+
+    def query_mse():
+        curve = mamlkit.adaptation_curve(learner.model, learner.params, *test.tensors(), loss_fn=F.mse_loss,
+                                         inner_lr=0.01, steps=1)["loss"]
+        return curve[:, 1].mean().item()
+
+    before = query_mse()
+    train(learner, sampler, iterations=300, progress=False)
+    assert query_mse() < 0.8 * before
+
+
+def test_meta_sgd_learns_the_inner_learning_rates():
+    learner = make_learner(learn_inner_lr=True, meta_lr=1e-2)
+    start = {k: v.detach().clone() for k, v in learner.inner_lr.items()}
+    train(learner, sampler, iterations=20, progress=False)
+    assert any(not torch.equal(start[k], v.detach()) for k, v in learner.inner_lr.items())
+
+
+def test_resumed_run_ends_with_the_same_parameters(tmp_path):
+    straight = make_learner()
+    train(straight, sampler, iterations=40, seed=3, progress=False)
+
+    ckpt = tmp_path / "run.pt"
+    first = make_learner()
+    train(first, sampler, iterations=20, seed=3, checkpoint_path=ckpt, checkpoint_every=10, log_every=10,
+          progress=False)
+    resumed = make_learner(seed=123)  # a fresh process: different initial θ, all restored from the checkpoint
+    log = train(resumed, sampler, iterations=40, seed=3, checkpoint_path=ckpt, checkpoint_every=10,
+                log_every=10, progress=False)
+    assert resumed.step == 40
+    assert torch.equal(params_of(resumed), params_of(straight))
+    assert [m["step"] for m in log] == [10, 20, 30, 40]  # the log survives the restart
+
+
+def test_nan_meta_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    learner = make_learner()
+    train(learner, sampler, iterations=10, checkpoint_path=ckpt, checkpoint_every=5, progress=False)
+    good = ckpt.read_bytes()
+
+    def poisoned(g):
+        sx, sy, qx, qy = sampler(g)
+        return sx, sy, qx, qy * float("nan")
+
+    with pytest.raises(FloatingPointError, match="meta-step 11"):
+        train(learner, poisoned, iterations=20, checkpoint_path=ckpt, checkpoint_every=1, progress=False)
+    assert ckpt.read_bytes() == good
+    assert learner.step == 10
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    learner = make_learner(learn_inner_lr=True)
+    train(learner, sampler, iterations=3, checkpoint_path=tmp_path / "c.pt", progress=False)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["learner"]["step"] == 3
+
+
+def test_interrupted_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"step": 1}, path)
+    real_save = torch.save
+
+    def torn_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")  # some bytes reach the temporary file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+def test_truncated_or_foreign_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"step": 1, "w": torch.randn(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    torch.save({"step": 1}, path)  # a valid torch file, but not ours
+    with pytest.raises(ValueError, match="not a mamlkit-checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="path: no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("inner_lr", 0.0, "inner_lr: expected a positive"),
+    ("meta_lr", -1.0, "meta_lr: expected a positive"),
+    ("inner_steps", -1, "inner_steps: expected an integer"),
+    ("batching", "threads", "batching: expected one of"),
+])
+def test_config_rejects_bad_values(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        MetaConfig(**{field: value})
+
+
+def test_train_rejects_bad_iterations():
+    with pytest.raises(ValueError, match="iterations: expected"):
+        train(make_learner(), sampler, iterations=-5, progress=False)
