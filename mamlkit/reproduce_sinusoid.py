@@ -89,11 +89,15 @@ def main(argv=None) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs/sinusoid"), help="resumable training checkpoints")
     p.add_argument("--weights-dir", type=Path, default=PACKAGE / "weights", help="where the trained weights go")
     p.add_argument("--results", type=Path, default=PACKAGE / "results" / "sinusoid.json")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: a 40-unit MLP is too small to gain from more, and extra "
+                        "threads slow it down badly on a busy machine)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.iterations < 1:
         p.error("--iterations: expected a positive integer")
 
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = [run_one(k, args.iterations, args.seed, args.run_dir, args.weights_dir, not args.no_progress) for k in args.k_shot]
     wall = time.perf_counter() - t0
