@@ -9,6 +9,18 @@ Modules, one idea each:
     trainer      MetaConfig, MetaLearner.meta_step, train() with atomic, resumable checkpoints
     checkpoint   atomic save / load (weights_only=True)
     progress     a progress bar for terminals and JupyterLab
+    pretrained   the shipped sinusoid weights (reproduce_sinusoid makes them)
+    episodes     EpisodeSampler: seeded, vectorized N-way K-shot meta-batches
+    omniglot     find / download / preprocess / load Omniglot, split by character, rotations
+    glyphs       a procedural offline stand-in for Omniglot (NOT Omniglot)
+    conv4        the paper's Conv4 with batch-statistics BatchNorm
+    fewshot      few-shot classification: train, evaluate (95% CI), classify, results
+    toy2d        two-parameter model families: parameter space as a plane
+    widgets      InnerLoopExplorer, OuterLoopExplorer, MetaGradientAnatomy (notebook 03)
+    exercises    check_exercise and the solutions/ -> notebooks/ generator
+    speed        bf16 autocast, torch.compile with fallback, checkpointed inner loop
+    baselines    the usual per-task autograd.grad loop, a slow reference
+    bench        `python -m mamlkit.bench`: ms per meta-step, memory, GFLOP/s against peers
 """
 from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .evaluation import adaptation_curve, mean_ci95
