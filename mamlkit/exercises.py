@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -220,6 +221,15 @@ def dumps(nb) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+def read(path: str | Path):
+    """A notebook as stored, without nbformat's read-time repairs (which give missing cell ids random values)."""
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("nbformat") != 4:
+        return nbformat.read(path, as_version=4)  # older formats: let nbformat convert
+    return nbformat.from_dict(data)
+
+
 def count_exercises(path: str | Path) -> int:
     """Number of exercises (cells holding a solution block) in one notebook, or in every *.ipynb of a folder."""
     path = Path(path)
@@ -227,7 +237,7 @@ def count_exercises(path: str | Path) -> int:
         return sum(count_exercises(p) for p in sorted(path.glob("*.ipynb")))
     if not path.is_file():
         raise FileNotFoundError(f"path: no notebook or folder at {path}")
-    nb = nbformat.read(path, as_version=4)
+    nb = read(path)
     return sum(_has_solution(cell) for cell in nb.cells)
 
 
@@ -241,7 +251,7 @@ def plan(root: str | Path = REPO) -> dict[Path, str | None]:
         raise FileNotFoundError(f"root: expected a solutions/ folder in {root}")
     wanted: dict[Path, str | None] = {}
     for src in sorted(solutions.glob("*.ipynb")):
-        nb = nbformat.read(src, as_version=4)
+        nb = read(src)
         wanted[src] = dumps(normalize(nb, f"solutions/{src.name}"))
         wanted[notebooks / src.name] = dumps(student_version(nb, f"solutions/{src.name}"))
     if notebooks.is_dir():

@@ -205,3 +205,17 @@ def test_expect_close_shape_mismatch():
     with pytest.raises(ex.ExerciseError, match="shape"):
         ex.expect_close(torch.zeros(2), torch.zeros(3), "wrong shape")
     ex.expect_close(torch.ones(3), torch.ones(3) + 1e-9, "close enough")
+
+
+def test_missing_cell_ids_get_deterministic_ones(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    raw = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "metadata": {}, "execution_count": 1, "outputs": [],
+         "source": ["def f():\n", "    ### BEGIN SOLUTION\n", "    return 1\n", "    ### END SOLUTION"]},
+        {"cell_type": "markdown", "metadata": {}, "source": "text"}]}
+    (tmp_path / "solutions" / "01_x.ipynb").write_text(json.dumps(raw), encoding="utf-8")
+    first = ex.plan(tmp_path)
+    assert ex.plan(tmp_path) == first  # the same input gives the same bytes, ids included
+    student = json.loads(first[tmp_path / "notebooks" / "01_x.ipynb"])
+    assert [c["id"] for c in student["cells"]] == ["cell-000", "cell-001"]
+    assert "".join(student["cells"][0]["source"]) == "def f():\n    # YOUR CODE HERE\n    raise NotImplementedError()"
