@@ -502,7 +502,13 @@ def main(argv=None) -> None:
     r.add_argument("--tasks", type=int, default=600)
     r.add_argument("--data", default=None)
     args = parser.parse_args(argv)
+    try:
+        _run_command(args, argv)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:  # a clear message, no traceback
+        raise SystemExit(f"python -m mamlkit.fewshot {args.command}: error: {e}") from e
 
+
+def _run_command(args, argv) -> None:
     if args.command == "train":
         names = {f.name for f in fields(FewShotConfig)}
         given = {k: v for k, v in vars(args).items() if k in names and v is not None}

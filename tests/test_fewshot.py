@@ -267,3 +267,24 @@ def test_shipped_checkpoints_load_and_beat_chance():
             assert path.stat().st_size < 1_000_000
             clf = fewshot.load_pretrained(run["n_way"], run["k_shot"], run["algorithm"] == "FOMAML")
             assert clf.n_way == run["n_way"]
+
+
+def test_command_line_train_then_evaluate(tmp_path, monkeypatch, capsys):
+    from mamlkit.omniglot import OmniglotData
+
+    images = prototype_images(classes=16)
+    names = [f"Tiny/character{i:02d}" for i in range(16)]
+    whole = OmniglotData(images, names, "prototypes")
+    train_set, test_set = OmniglotData(images[:10], names[:10], "train"), OmniglotData(images[10:], names[10:], "test")
+    monkeypatch.setattr(fewshot, "_omniglot_split", lambda path=None, glyphs_fallback=True: (whole, train_set, test_set))
+    path = tmp_path / "cli.pt"
+    fewshot.main(["train", "--n-way", "3", "--k-shot", "1", "--iterations", "2", "--out", str(path), "--width", "8",
+                  "--meta-batch-size", "2", "--q-query", "2"])
+    assert "2 meta-steps" in capsys.readouterr().out
+    fewshot.main(["evaluate", str(path), "--tasks", "5", "--seed", "3"])
+    printed = capsys.readouterr().out
+    clf = FewShotClassifier.from_checkpoint(path)
+    mean, ci = evaluate_fewshot(clf, test_set.images, n_way=3, k_shot=1, tasks=5, seed=3)
+    assert f"{100 * mean:.1f} ± {100 * ci:.1f} %" in printed
+    with pytest.raises(SystemExit, match="another configuration"):  # a clear message instead of a traceback
+        fewshot.main(["train", "--n-way", "3", "--iterations", "4", "--out", str(path), "--width", "16"])
