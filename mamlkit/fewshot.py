@@ -157,7 +157,7 @@ def _check_resumable(config: FewShotConfig, checkpoint_path: Path) -> None:
 
 
 def _omniglot_split(path=None, *, glyphs_fallback: bool = True):
-    """(train, test) characters of Omniglot (or the procedural glyphs) with the fixed, seeded split."""
+    """(all, train, test) characters of Omniglot (or the procedural glyphs), split with the fixed seed 0."""
     from .omniglot import load_omniglot, load_omniglot_or_glyphs, split_characters
 
     data = load_omniglot_or_glyphs(path) if glyphs_fallback else load_omniglot(path)
