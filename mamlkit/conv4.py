@@ -44,10 +44,32 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 
 DOWNSAMPLES = ("maxpool", "stride")
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm with batch statistics only, written with plain tensor ops.
+
+    Numerically `nn.BatchNorm2d(channels, track_running_stats=False)` (same parameters `weight` = γ and
+    `bias` = β_bn, same state_dict keys), but differentiable twice *under vmap*: torch's fused batch-norm
+    kernel gives a wrong second-order meta-gradient inside `torch.func.vmap` (torch 2.13; see
+    tests/test_maml.py), so mamlkit refuses it there, while this version is exact with vmap and with a loop.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))  # γ
+        self.bias = nn.Parameter(torch.zeros(channels))  # β_bn
+        self.eps = eps
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # h: (batch, channels, H, W)
+        mean = h.mean(dim=(0, 2, 3), keepdim=True)  # (1, channels, 1, 1): over the batch and the pixels
+        var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)  # biased, as BatchNorm normalizes
+        return (h - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 def conv_block(in_channels: int, out_channels: int, downsample: str = "maxpool") -> nn.Sequential:
@@ -55,7 +77,7 @@ def conv_block(in_channels: int, out_channels: int, downsample: str = "maxpool")
     stride = 2 if downsample == "stride" else 1  # padding 1: stride 1 keeps the size, stride 2 halves it (rounding up)
     layers = OrderedDict(
         conv=nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
-        norm=nn.BatchNorm2d(out_channels, track_running_stats=False),  # batch statistics at train and test time
+        norm=BatchNorm(out_channels),  # batch statistics at train and test time; vmap-safe (see BatchNorm)
         relu=nn.ReLU(),
     )
     if downsample == "maxpool":

@@ -105,7 +105,7 @@ def check_vmap_safe(model: nn.Module, first_order: bool) -> None:
         raise ValueError(
             "batching: 'vmap' with second-order MAML through torch.nn.BatchNorm in training mode gives a wrong "
             "meta-gradient (a PyTorch vmap bug); use batching='loop', first_order=True, or a BatchNorm written "
-            "with plain tensor ops such as mamlkit.conv4.BatchNorm (vmap-safe)"
+            "with plain tensor ops, such as mamlkit.conv4.BatchNorm, which is vmap-safe"
         )
 
 

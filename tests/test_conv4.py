@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mamlkit.conv4 import make_conv4
+from mamlkit.conv4 import BatchNorm, make_conv4
 from mamlkit.maml import check_model
 
 torch.set_num_threads(1)
@@ -37,8 +37,8 @@ def test_in_channels():
 
 def test_no_running_statistics_and_check_model_accepts():
     model = make_conv4(5, width=8)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(norms) == 4 and all(not m.track_running_stats for m in norms)
+    norms = [m for m in model.modules() if isinstance(m, BatchNorm)]
+    assert len(norms) == 4
     assert list(model.buffers()) == []  # nothing to update, nothing to save besides θ
     model.train()
     check_model(model)  # does not raise in training mode
@@ -82,3 +82,32 @@ def test_transductive_prediction_depends_on_the_batch():
 def test_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         make_conv4(**kwargs)
+
+
+def test_batchnorm_equals_torch_batch_statistics_batchnorm():
+    torch.manual_seed(0)
+    ours, torchs = BatchNorm(6), nn.BatchNorm2d(6, track_running_stats=False)
+    with torch.no_grad():
+        for m in (ours, torchs):
+            m.weight.uniform_(0.5, 1.5)
+        torchs.load_state_dict(ours.state_dict())  # same keys: weight (γ), bias (β_bn)
+    h = torch.randn(10, 6, 7, 7) * 3 + 1
+    torch.testing.assert_close(ours(h), torchs(h), rtol=1e-5, atol=1e-5)
+
+
+def test_second_order_vmap_equals_loop_with_conv4():
+    # the reason for conv4.BatchNorm: with torch's BatchNorm this comparison fails under vmap
+    import torch.nn.functional as F
+    from mamlkit import meta_loss
+
+    torch.manual_seed(0)
+    model = make_conv4(3, width=4, image_size=16).double()
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    sx, qx = torch.rand(2, 3, 1, 16, 16, generator=g, dtype=torch.float64), torch.rand(2, 6, 1, 16, 16, generator=g, dtype=torch.float64)
+    sy, qy = torch.tensor([[0, 1, 2]] * 2), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2)
+    grads = {}
+    for batching in ("vmap", "loop"):
+        loss = meta_loss(model, params, sx, sy, qx, qy, loss_fn=F.cross_entropy, inner_lr=0.4, steps=2, batching=batching)
+        grads[batching] = torch.cat([x.flatten() for x in torch.autograd.grad(loss, list(params.values()))])
+    torch.testing.assert_close(grads["vmap"], grads["loop"], rtol=1e-6, atol=1e-10)
