@@ -15,6 +15,7 @@ A meta-step is the whole outer update, the thing a training run repeats:
 Methods (each gets its own copy of the model, so they never share θ or optimizer state):
 
     mamlkit-vmap       mamlkit.meta_loss(batching="vmap"): one task's computation mapped over tasks
+                       (refused by mamlkit at second order through torch's nn.BatchNorm: see `refusal`)
     mamlkit-loop       mamlkit.meta_loss(batching="loop"): tasks one after another
     mamlkit-loop-bf16  the loop under bf16 autocast (speed.autocast_context)
     mamlkit-ckpt       the loop with checkpointed inner steps (speed.checkpointed_meta_loss)
@@ -39,20 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .baselines import autograd_meta_loss, higher_meta_backward
+from .conv4 import make_conv4
 from .maml import check_vmap_safe, meta_loss
 from .sinusoid import make_mlp, sample_tasks
 from .speed import autocast_context, checkpointed_meta_loss
-
-try:
-    from .conv4 import make_conv4
-except ImportError:  # the course's Conv4 module is not there: the same architecture, written here
-    def make_conv4(n_way: int, *, width: int = 64, in_channels: int = 1, image_size: int = 28) -> nn.Sequential:
-        blocks = []
-        for c_in in (in_channels, width, width, width):
-            blocks += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width, track_running_stats=False),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-        size = image_size // 16  # four 2x2 max-pools: 28 -> 14 -> 7 -> 3 -> 1
-        return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(width * size * size, n_way))
 
 METHODS = ("mamlkit-vmap", "mamlkit-loop", "mamlkit-loop-bf16", "mamlkit-ckpt", "autograd-loop", "higher")
 

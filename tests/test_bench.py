@@ -8,10 +8,11 @@ import csv
 
 import pytest
 import torch
+from torch import nn
 
 from mamlkit import bench
 from mamlkit.bench_setup import (conv4_problem, count_gflop, higher_available, make_meta_step, peak_memory_mb,
-                                 sinusoid_problem, time_interleaved)
+                                 refusal, sinusoid_problem, time_interleaved)
 
 torch.set_num_threads(1)
 
@@ -38,16 +39,17 @@ def test_smoke_run_writes_csv_and_plot(tmp_path):
     assert list(table[0]) == bench.COLUMNS
     timed = [r for r in table if r["section"] == "time"]
     memory = [r for r in table if r["section"] == "memory"]
-    # one row per (method, order) of every config, less the one mamlkit refuses (Conv4's torch BatchNorm
-    # under vmap at second order), one per (memory method, inner_steps)
-    assert len(timed) == sum(len(c.methods) * len(c.orders) for c in plan.configs) - 1
-    assert not [r for r in timed if (r["problem"], r["method"], r["order"]) == ("conv4", "mamlkit-vmap", "second")]
+    # one row per (method, order) of every config that mamlkit runs, one per (memory method, inner_steps)
+    refused = [(c.problem, m, o) for c in plan.configs for m in c.methods for o in c.orders
+               if refusal(bench.build_problem(c, 1, plan.width, "cpu"), m, o == "first")]
+    assert len(timed) == sum(len(c.methods) * len(c.orders) for c in plan.configs) - len(refused)
+    assert {(r["problem"], r["method"], r["order"]) for r in timed}.isdisjoint(refused)
     assert len(memory) == len(plan.memory_methods) * len(plan.memory_steps)
     assert len(table) == len(rows)
     for r in timed:
         assert float(r["ms_median"]) > 0 and float(r["peak_mb"]) > 0 and float(r["gflop"]) > 0
     report = "\n".join(lines)
-    assert "skipped mamlkit-vmap second order" in report
+    assert all(f"skipped {m} {o} order" in report for _, m, o in refused)
     assert "sinusoid MAML: mamlkit-vmap vs autograd-loop" in report and "choose_batching picks vmap" in report
 
     def peak(method, order, steps):
@@ -101,3 +103,10 @@ def test_time_interleaved_and_errors():
         time_interleaved({"a": lambda: None}, reps=0)
     with pytest.raises(ValueError, match="method"):
         make_meta_step(conv4_problem(1, width=4), "jax", inner_steps=1, first_order=False)
+
+
+def test_refusal_names_vmap_with_torch_batchnorm_at_second_order():
+    problem = conv4_problem(1, width=4)
+    problem.model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    assert "BatchNorm" in refusal(problem, "mamlkit-vmap", False)
+    assert refusal(problem, "mamlkit-vmap", True) is None and refusal(problem, "mamlkit-loop", False) is None
