@@ -24,6 +24,9 @@ def adaptation_curve(model, params, support_x, support_y, query_x, query_y, *, l
     support_x: (tasks, K, ...), query_x: (tasks, Q, ...). Tasks are processed `chunk` at a time to
     bound memory. Returns {"loss": (tasks, steps+1)} and, with accuracy=True (classification, logits
     over the last dimension), {"accuracy": (tasks, steps+1)} too.
+
+    A task whose fine-tuning diverges keeps its inf/nan loss in the result: at evaluation a blow-up is
+    a measurement to report, not an error (training, by contrast, stops on one).
     """
     check_model(model)
     check_params(params)
