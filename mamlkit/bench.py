@@ -216,6 +216,7 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
     configs = list(dict.fromkeys((r["problem"], r["meta_batch_size"], r["inner_steps"]) for r in timed))
     methods = list(dict.fromkeys((r["method"], r["order"]) for r in timed))
     width = 0.8 / len(methods)
+    colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(dict.fromkeys(m for m, _ in methods))}
     for j, (method, order) in enumerate(methods):
         xs, ys = [], []
         for i, (p, mb, s) in enumerate(configs):
@@ -223,12 +224,14 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
             if r:
                 xs.append(i + (j - len(methods) / 2 + 0.5) * width)
                 ys.append(r["ms_median"])
-        ax_t.bar(xs, ys, width, label=f"{method} ({order})", hatch="//" if order == "first" else None)
+        ax_t.bar(xs, ys, width, label=f"{method} ({order})", color=colors[method], edgecolor="white",
+                 hatch="//" if order == "first" else None)  # first order (FOMAML): hatched
     ax_t.set_xticks(range(len(configs)), [f"{p}\nmb={mb}, steps={s}" for p, mb, s in configs])
     ax_t.set_yscale("log")
+    ax_t.set_ylim(top=ax_t.get_ylim()[1] * 100)  # room for the legend above the bars
     ax_t.set_ylabel("ms per meta-step (median, log scale)")
-    ax_t.set_title(f"Meta-step time, {device}")
-    ax_t.legend(fontsize=7, ncol=2)
+    ax_t.set_title(f"Meta-step time, {device} (hatched: first order)")
+    ax_t.legend(fontsize=7, ncol=3, loc="upper left")
     mem = [r for r in rows if r["section"] == "memory"]
     for method, order in dict.fromkeys((r["method"], r["order"]) for r in mem):
         pts = [(r["inner_steps"], r["peak_mb"]) for r in mem if r["method"] == method and r["order"] == order]
@@ -242,6 +245,20 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows written by `write_csv`, numbers as numbers (to re-plot a run: --replot)."""
+    def value(v):
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                return v
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def run(plan: Plan, device: str = "cpu", out: Path | None = RESULTS, threads: int | None = None,
@@ -302,7 +319,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and the plot")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: steadier timings on a shared machine)")
+    parser.add_argument("--replot", type=Path, metavar="CSV", help="only redraw the plot of a CSV written before")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        rows = read_csv(args.replot)
+        plot(rows, args.replot.with_suffix(".png"), rows[0]["device"])
+        print(f"wrote {args.replot.with_suffix('.png')}")
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
     if args.threads < 1:
