@@ -94,21 +94,6 @@ def check_model(model) -> None:
             )
 
 
-def _has_training_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
-
-
-def check_vmap_safe(model: nn.Module, first_order: bool) -> None:
-    """torch's BatchNorm gives a wrong second-order gradient under vmap (torch 2.13, checked against
-    finite differences in tests/test_maml.py), so refuse that combination instead of being silently wrong."""
-    if not first_order and _has_training_batchnorm(model):
-        raise ValueError(
-            "batching: 'vmap' with second-order MAML through torch.nn.BatchNorm in training mode gives a wrong "
-            "meta-gradient (a PyTorch vmap bug); use batching='loop', first_order=True, or a BatchNorm written "
-            "with plain tensor ops, such as mamlkit.conv4.BatchNorm, which is vmap-safe"
-        )
-
-
 def check_task(support_x, support_y, where: str = "") -> None:
     for name, t in (("support_x", support_x), ("support_y", support_y)):
         if not isinstance(t, torch.Tensor):
@@ -168,8 +153,11 @@ def _lr_for(inner_lr, name: str):
 def _adapt(model, params, buffers, support_x, support_y, loss_fn, inner_lr, steps, first_order, under_vmap):
     """The inner loop without input checks. Returns (θ', support losses (steps,)).
 
-    Two ways to take the inner gradient, the same numbers: under vmap, `torch.func.grad` (vmap cannot
-    map `torch.autograd.grad`); in a plain loop, `torch.autograd.grad`, which has less overhead.
+    Two ways to take the inner gradient, the same numbers: inside a function that is vmapped,
+    `torch.func.grad` (vmap cannot map `torch.autograd.grad`); in a plain loop, `torch.autograd.grad`,
+    which has less overhead. `adapt_batch` vmaps the forward pass only (`_adapt_tasks`): don't put a
+    second-order `torch.func.grad` under vmap through torch's BatchNorm, whose batching rule gives a
+    wrong gradient of a gradient in torch 2.13 (notebook 06 shows it).
     """
 
     def support_loss(p: Params) -> torch.Tensor:
@@ -192,6 +180,31 @@ def _adapt(model, params, buffers, support_x, support_y, loss_fn, inner_lr, step
         losses.append(loss.detach())
     losses = torch.stack(losses) if losses else support_x.new_zeros(0)
     return params, losses
+
+
+def _adapt_tasks(model, params, buffers, support_x, support_y, loss_fn, inner_lr, steps, first_order):
+    """The inner loop for all tasks at once. Returns (θ' stacked (tasks, ...), support losses (tasks, steps)).
+
+    vmap maps only the *forward pass* over the task dimension; the inner gradient is one
+    `torch.autograd.grad` of the summed task losses, which gives every task its own gradient because
+    task i's loss depends only on its own copy θᵢ. Cheaper than vmapping `torch.func.grad`, and
+    double-differentiable through every layer (torch's BatchNorm included).
+    """
+    tasks = support_x.shape[0]
+    # θ repeated per task: (tasks, *shape), a view; the backward of expand sums the tasks' gradients onto θ
+    theta = {k: (p if p.requires_grad else p.detach().requires_grad_()).expand(tasks, *p.shape)
+             for k, p in params.items()}
+    forward = vmap(lambda p, x: functional_call(model, (p, buffers), (x,)))  # (tasks, K, ...) -> (tasks, K, ...)
+    task_losses = vmap(loss_fn)  # one loss per task: (tasks,)
+    losses = []
+    for _ in range(steps):
+        loss = task_losses(forward(theta, support_x), support_y)  # (tasks,)
+        # MAML keeps the graph of ∇θ L (the Hessian term); FOMAML (first_order=True) does not.
+        grads = torch.autograd.grad(loss.sum(), list(theta.values()), create_graph=not first_order)
+        theta = {k: p - _lr_for(inner_lr, k) * g for (k, p), g in zip(theta.items(), grads)}  # θ'ᵢ = θᵢ − α ∇L
+        losses.append(loss.detach())
+    losses = torch.stack(losses, dim=1) if losses else support_x.new_zeros(tasks, 0)  # (tasks, steps)
+    return theta, losses
 
 
 def adapt(
@@ -248,8 +261,6 @@ def choose_batching(model: nn.Module, device: torch.device | str | None = None) 
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    if _has_training_batchnorm(model):
-        return "loop"  # see check_vmap_safe: vmap + torch BatchNorm is wrong at second order
     if torch.device(device).type != "cpu":
         return "vmap"
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
@@ -288,10 +299,9 @@ def adapt_batch(
         return _adapt(model, params, buffers, sx, sy, loss_fn, inner_lr, steps, first_order, under_vmap)
 
     if batching == "vmap":
-        check_vmap_safe(model, first_order)
-        # in_dims=0: map over the leading task dimension of the support set; θ, α are shared (not mapped).
         with torch.enable_grad():
-            adapted, losses = vmap(one_task, in_dims=(0, 0, None))(support_x, support_y, True)
+            adapted, losses = _adapt_tasks(model, params, buffers, support_x, support_y, loss_fn, inner_lr, steps,
+                                           first_order)
     else:
         with torch.enable_grad():
             per_task = [one_task(sx, sy, False) for sx, sy in zip(support_x, support_y)]

@@ -252,22 +252,17 @@ def test_batchnorm_running_stats_in_training_mode_is_rejected():
     assert all(torch.equal(before[k], v) for k, v in model.named_buffers())
 
 
-def test_batch_statistics_batchnorm_loop_matches_finite_differences_and_vmap_is_refused():
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_batch_statistics_batchnorm_meta_gradient_matches_finite_differences(batching):
+    # torch's BatchNorm under a vmapped torch.func.grad gets the gradient of a gradient wrong (torch 2.13);
+    # mamlkit vmaps only the forward pass, so both batchings must be exact here
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Tanh(),
                           nn.Linear(4, 1)).double()
     params = {k: v.detach().requires_grad_() for k, v in model.named_parameters()}
     batch = regression_batch()
-    f = lambda p: meta_loss(model, p, *batch, loss_fn=F.mse_loss, inner_lr=0.1, batching="loop")
+    f = lambda p: meta_loss(model, p, *batch, loss_fn=F.mse_loss, inner_lr=0.1, steps=2, batching=batching)
     torch.testing.assert_close(flat_grad(f(params), params), finite_difference(f, params), rtol=1e-5, atol=1e-7)
-    # torch's BatchNorm under vmap has a wrong second-order gradient: refused, and "auto" picks the loop
-    with pytest.raises(ValueError, match="batching: 'vmap' with second-order MAML"):
-        meta_loss(model, params, *batch, loss_fn=F.mse_loss, inner_lr=0.1, batching="vmap")
-    assert mamlkit.choose_batching(model, "cuda") == "loop"
-    # first order is unaffected: vmap equals the loop
-    a = meta_loss(model, params, *batch, loss_fn=F.mse_loss, inner_lr=0.1, batching="vmap", first_order=True)
-    b = meta_loss(model, params, *batch, loss_fn=F.mse_loss, inner_lr=0.1, batching="loop", first_order=True)
-    torch.testing.assert_close(flat_grad(a, params), flat_grad(b, params), rtol=1e-6, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
