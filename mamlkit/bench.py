@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .bench_setup import (Problem, conv4_problem, count_gflop, higher_available, make_meta_step, matmul_gflops,
-                          median, peak_memory_mb, refusal, sinusoid_problem, time_interleaved)
+                          median, peak_memory_mb, sinusoid_problem, time_interleaved)
 from .maml import choose_batching
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,17 +93,11 @@ def build_problem(config_or_name, meta_batch_size: int, width: int, device: str)
     return conv4_problem(meta_batch_size, width=width, device=device)
 
 
-def bench_config(config: Config, width: int, device: str, threads: int, log=print) -> list[dict]:
+def bench_config(config: Config, width: int, device: str, threads: int) -> list[dict]:
     """Time every (method, order) of one set-up, interleaved; measure peak memory and FLOPs."""
     problem = build_problem(config, config.meta_batch_size, width, device)
-    steps = {}
-    for m in config.methods:
-        for o in config.orders:
-            reason = refusal(problem, m, ORDERS[o])
-            if reason:
-                log(f"  skipped {m} {o} order: mamlkit refuses it ({reason.split(';')[0]})")
-            else:
-                steps[m, o] = make_meta_step(problem, m, inner_steps=config.inner_steps, first_order=ORDERS[o])
+    steps = {(m, o): make_meta_step(problem, m, inner_steps=config.inner_steps, first_order=ORDERS[o])
+             for m in config.methods for o in config.orders}
     memory = {key: peak_memory_mb(fn, device) for key, fn in steps.items()}  # also the warm-up run
     times = time_interleaved(steps, config.reps, device)
     # FLOPs: tasks are independent, so count one task's meta-step (mamlkit loop) and scale by the batch
@@ -273,7 +267,7 @@ def run(plan: Plan, device: str = "cpu", out: Path | None = RESULTS, threads: in
     for config in plan.configs:
         log(f"timing {config.problem} mb={config.meta_batch_size} steps={config.inner_steps} "
             f"({', '.join(config.methods)}; {config.reps} reps) ...")
-        rows += bench_config(config, plan.width, device, threads, log)
+        rows += bench_config(config, plan.width, device, threads)
     log(f"memory against inner_steps {plan.memory_steps[0]}..{plan.memory_steps[-1]} ...")
     rows += bench_memory(plan, device, threads)
     peak = max(peak, matmul_gflops(device, plan.matmul_n))

@@ -14,8 +14,8 @@ A meta-step is the whole outer update, the thing a training run repeats:
 
 Methods (each gets its own copy of the model, so they never share θ or optimizer state):
 
-    mamlkit-vmap       mamlkit.meta_loss(batching="vmap"): one task's computation mapped over tasks
-                       (refused by mamlkit at second order through torch's nn.BatchNorm: see `refusal`)
+    mamlkit-vmap       mamlkit.meta_loss(batching="vmap"): the forward pass mapped over tasks, each
+                       task's inner gradient from one autograd.grad of the summed task losses
     mamlkit-loop       mamlkit.meta_loss(batching="loop"): tasks one after another
     mamlkit-loop-bf16  the loop under bf16 autocast (speed.autocast_context)
     mamlkit-ckpt       the loop with checkpointed inner steps (speed.checkpointed_meta_loss)
@@ -41,7 +41,7 @@ from torch import nn
 
 from .baselines import autograd_meta_loss, higher_meta_backward
 from .conv4 import make_conv4
-from .maml import check_vmap_safe, meta_loss
+from .maml import meta_loss
 from .sinusoid import make_mlp, sample_tasks
 from .speed import autocast_context, checkpointed_meta_loss
 
@@ -85,16 +85,6 @@ def conv4_problem(meta_batch_size: int = 32, *, n_way: int = 5, k_shot: int = 1,
     query_y = torch.arange(n_way).repeat_interleave(q_query).expand(meta_batch_size, -1)  # (tasks, n_way*q_query)
     tensors = tuple(t.contiguous().to(device) for t in (support_x, support_y, query_x, query_y))
     return Problem("conv4", make_conv4(n_way, width=width).to(device), tensors, F.cross_entropy, 0.4)
-
-
-def refusal(problem: Problem, method: str, first_order: bool) -> str | None:
-    """Why mamlkit refuses to run `method` on `problem` (vmap + second order + torch BatchNorm), or None."""
-    if method == "mamlkit-vmap":
-        try:
-            check_vmap_safe(problem.model, first_order)
-        except ValueError as e:
-            return str(e)
-    return None
 
 
 def make_meta_step(problem: Problem, method: str, *, inner_steps: int, first_order: bool) -> Callable[[], None]:
