@@ -295,18 +295,15 @@ def adapt_batch(
     buffers = dict(model.named_buffers())
     params = dict(params)
 
-    def one_task(sx, sy, under_vmap):
-        return _adapt(model, params, buffers, sx, sy, loss_fn, inner_lr, steps, first_order, under_vmap)
-
-    if batching == "vmap":
-        with torch.enable_grad():
+    with torch.enable_grad():  # the inner loop needs gradients even when called under torch.no_grad()
+        if batching == "vmap":
             adapted, losses = _adapt_tasks(model, params, buffers, support_x, support_y, loss_fn, inner_lr, steps,
                                            first_order)
-    else:
-        with torch.enable_grad():
-            per_task = [one_task(sx, sy, False) for sx, sy in zip(support_x, support_y)]
-        adapted = {k: torch.stack([a[k] for a, _ in per_task]) for k in params}  # (tasks, *shape)
-        losses = torch.stack([l for _, l in per_task])  # (tasks, steps)
+        else:
+            per_task = [_adapt(model, params, buffers, sx, sy, loss_fn, inner_lr, steps, first_order, False)
+                        for sx, sy in zip(support_x, support_y)]
+            adapted = {k: torch.stack([a[k] for a, _ in per_task]) for k in params}  # (tasks, *shape)
+            losses = torch.stack([l for _, l in per_task])  # (tasks, steps)
     check_finite(losses)
     return adapted, losses
 
