@@ -69,8 +69,8 @@ def make_plan(quick: bool, device: str) -> Plan:
     """The paper's sizes (quick: smaller Conv4 meta-batches and fewer repetitions, the same shapes per task)."""
     peers = ("autograd-loop",) + (("higher",) if higher_available() else ())
     cuda = torch.device(device).type == "cuda"
-    # vmap at Conv4 on a CPU runs one grouped convolution per layer, ~4x slower than the loop (see the
-    # mb=8 rows), so on a CPU it is timed only at the small meta-batch, where it costs least.
+    # vmap at Conv4 on a CPU runs one grouped convolution per layer, slower than the loop (see the
+    # small meta-batch's rows), so on a CPU it is timed only there, where it costs least.
     conv_big = ("mamlkit-vmap", "mamlkit-loop") if cuda else ("mamlkit-loop",)
     conv_small = ("mamlkit-vmap", "mamlkit-loop", "mamlkit-loop-bf16")
     big, small = (4, 2) if quick else (32, 8)
