@@ -56,8 +56,9 @@ class BatchNorm(nn.Module):
 
     Numerically `nn.BatchNorm2d(channels, track_running_stats=False)` (same parameters `weight` = γ and
     `bias` = β_bn, same state_dict keys), but differentiable twice *under vmap*: torch's fused batch-norm
-    kernel gives a wrong second-order meta-gradient inside `torch.func.vmap` (torch 2.13; see
-    tests/test_maml.py), so mamlkit refuses it there, while this version is exact with vmap and with a loop.
+    kernel gives a wrong second-order meta-gradient when a `torch.func.grad` is vmapped through it
+    (torch 2.13; notebook 06 shows it). mamlkit vmaps only the forward pass, so it is exact with either
+    BatchNorm; this one is exact even under a vmapped `torch.func.grad`, and a learner can read it.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5):
