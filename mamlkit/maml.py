@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from .batched import task_batched_forward
+
 Params = dict[str, torch.Tensor]
 BATCHINGS = ("auto", "vmap", "loop")
 
@@ -185,7 +187,8 @@ def _adapt(model, params, buffers, support_x, support_y, loss_fn, inner_lr, step
 def _adapt_tasks(model, params, buffers, support_x, support_y, loss_fn, inner_lr, steps, first_order):
     """The inner loop for all tasks at once. Returns (θ' stacked (tasks, ...), support losses (tasks, steps)).
 
-    vmap maps only the *forward pass* over the task dimension; the inner gradient is one
+    vmap maps only the *forward pass* over the task dimension (`batched.py`, which also has a faster
+    exact path for plain MLPs); the inner gradient is one
     `torch.autograd.grad` of the summed task losses, which gives every task its own gradient because
     task i's loss depends only on its own copy θᵢ. Cheaper than vmapping `torch.func.grad`, and
     double-differentiable through every layer (torch's BatchNorm included).
@@ -194,7 +197,7 @@ def _adapt_tasks(model, params, buffers, support_x, support_y, loss_fn, inner_lr
     # θ repeated per task: (tasks, *shape), a view; the backward of expand sums the tasks' gradients onto θ
     theta = {k: (p if p.requires_grad else p.detach().requires_grad_()).expand(tasks, *p.shape)
              for k, p in params.items()}
-    forward = vmap(lambda p, x: functional_call(model, (p, buffers), (x,)))  # (tasks, K, ...) -> (tasks, K, ...)
+    forward = task_batched_forward(model, buffers)  # (tasks, K, ...) -> (tasks, K, ...)
     task_losses = vmap(loss_fn)  # one loss per task: (tasks,)
     losses = []
     for _ in range(steps):
@@ -315,13 +318,10 @@ def predict_batch(model: nn.Module, adapted: Params, x: torch.Tensor, *, batchin
     if batching == "auto":
         batching = choose_batching(model, x.device)
     buffers = dict(model.named_buffers())
-
-    def one_task(p, xi):
-        return functional_call(model, (p, buffers), (xi,))
-
     if batching == "vmap":
-        return vmap(one_task)(adapted, x)
-    return torch.stack([one_task({k: v[i] for k, v in adapted.items()}, x[i]) for i in range(x.shape[0])])
+        return task_batched_forward(model, buffers)(adapted, x)
+    return torch.stack([functional_call(model, ({k: v[i] for k, v in adapted.items()}, buffers), (x[i],))
+                        for i in range(x.shape[0])])
 
 
 def meta_loss(
@@ -359,7 +359,7 @@ def meta_loss(
         return loss_fn(functional_call(model, (p, buffers), (qx,)), qy)
 
     if batching == "vmap":
-        losses = vmap(query_loss)(adapted, query_x, query_y)  # (tasks,)
+        losses = vmap(loss_fn)(task_batched_forward(model, buffers)(adapted, query_x), query_y)  # (tasks,)
     else:
         losses = torch.stack([
             query_loss({k: v[i] for k, v in adapted.items()}, query_x[i], query_y[i])

@@ -287,3 +287,16 @@ def test_mean_ci95_formula():
     mean, ci = mamlkit.mean_ci95(values)
     assert mean == pytest.approx(0.5)
     assert ci == pytest.approx(1.96 * np.std([0.2, 0.4, 0.6, 0.8], ddof=1) / 2)
+
+
+def test_mlp_fast_path_equals_vmap_of_functional_call():
+    from mamlkit.batched import is_plain_mlp, mlp_forward, task_batched_forward, vmap_forward
+
+    model = smooth_mlp()
+    assert is_plain_mlp(model)
+    assert not is_plain_mlp(nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)))
+    assert not is_plain_mlp(nn.Sequential(nn.Linear(1, 4), nn.PReLU(), nn.Linear(4, 1)))  # an activation with θ
+    assert task_batched_forward(model, {}).__qualname__.startswith("mlp_forward")
+    theta = {k: v.detach() + 0.1 * torch.randn(3, *v.shape, dtype=v.dtype) for k, v in model.named_parameters()}
+    x = torch.randn(3, 7, 1, dtype=torch.float64)  # (tasks, N, 1)
+    torch.testing.assert_close(mlp_forward(model)(theta, x), vmap_forward(model, {})(theta, x), rtol=1e-12, atol=1e-12)
