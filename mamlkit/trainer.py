@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .maml import BATCHINGS, adapt_batch, check_model, predict_batch
+from .maml import BATCHINGS, adapt_batch, check_model, check_task_batch, choose_batching, predict_batch
 from .progress import progress_bar
 
 
@@ -95,18 +95,37 @@ class MetaLearner:
     def meta_step(self, support_x, support_y, query_x, query_y) -> dict:
         """One outer update θ ← Adam(θ, ∇θ L_meta). Returns metrics as floats.
 
+        With batching "vmap" all tasks share one graph. With "loop" each task's query loss is
+        back-propagated as soon as it is computed, so only one task's graph is alive at a time and
+        memory does not grow with meta_batch_size; the gradient is the same sum, 1/B Σᵢ ∇θ L_Tᵢ(θ'ᵢ).
+
         Raises FloatingPointError (naming the meta-step) when the meta-loss or its gradient is not
         finite; θ and the optimizer are then left as they were before this step.
         """
+        check_task_batch(support_x, support_y, query_x, query_y)
         query_y = query_y.to(self.device)
-        adapted, support_losses = self.adapt(support_x, support_y)
-        out = self.predict(adapted, query_x)  # (tasks, Q, ...)
-        # mean over tasks of each task's mean query loss (every task has the same Q)
-        loss = self.loss_fn(out.flatten(0, 1), query_y.flatten(0, 1))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"meta_step: the meta-loss is {loss.item()} at meta-step {self.step + 1}; θ was not updated")
+        tasks = support_x.shape[0]
+        batching = self.config.batching
+        if batching == "auto":
+            batching = choose_batching(self.model, self.device)
+        chunks = [slice(0, tasks)] if batching == "vmap" else [slice(i, i + 1) for i in range(tasks)]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        meta_loss, support_before, correct = 0.0, [], 0.0
+        for chunk in chunks:
+            adapted, support_losses = self.adapt(support_x[chunk], support_y[chunk])
+            out = self.predict(adapted, query_x[chunk])  # (tasks in chunk, Q, ...)
+            qy = query_y[chunk]
+            # this chunk's share of the mean over tasks of each task's mean query loss (all tasks have the same Q)
+            loss = self.loss_fn(out.flatten(0, 1), qy.flatten(0, 1)) * (qy.shape[0] / tasks)
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"meta_step: the meta-loss is {loss.item()} at meta-step {self.step + 1}; "
+                                         "θ was not updated")
+            loss.backward()
+            meta_loss += loss.item()
+            support_before.append(support_losses[:, :1])
+            if not qy.is_floating_point():  # classification: accuracy of θ' on the query set
+                correct += (out.argmax(-1) == qy).float().sum().item()
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         if not torch.isfinite(grad_norm):
@@ -116,11 +135,12 @@ class MetaLearner:
             torch.nn.utils.clip_grad_norm_(grads, self.config.grad_clip)  # (the norm was already measured above)
         self.optimizer.step()
         self.step += 1
-        metrics = {"step": self.step, "meta_loss": loss.item(), "grad_norm": grad_norm.item()}
-        if support_losses.shape[1] > 0:
-            metrics["support_loss"] = support_losses[:, 0].mean().item()  # before adaptation
-        if not query_y.is_floating_point():  # classification: accuracy of θ' on the query set
-            metrics["accuracy"] = (out.argmax(-1) == query_y).float().mean().item()
+        metrics = {"step": self.step, "meta_loss": meta_loss, "grad_norm": grad_norm.item()}
+        support_before = torch.cat(support_before)  # (tasks, 1) or (tasks, 0) when inner_steps == 0
+        if support_before.numel():
+            metrics["support_loss"] = support_before.mean().item()  # before adaptation
+        if not query_y.is_floating_point():
+            metrics["accuracy"] = correct / query_y.numel()
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------

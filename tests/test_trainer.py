@@ -23,8 +23,9 @@ def params_of(learner):
     return torch.cat([p.detach().flatten() for p in learner.params.values()])
 
 
-def test_meta_step_follows_the_meta_gradient_of_meta_loss():
-    learner = make_learner(meta_lr=0.01)
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_meta_step_follows_the_meta_gradient_of_meta_loss(batching):
+    learner = make_learner(meta_lr=0.01, batching=batching)
     batch = sampler(torch.Generator().manual_seed(0))
     # independent of the trainer: the same loss through mamlkit.meta_loss, and Adam's first step
     # moves each entry by -β·g/(|g| + ε) (bias-corrected m̂ = g, v̂ = g² at step 1, ε = 1e-8)
