@@ -14,7 +14,7 @@ import math
 import torch
 from torch.func import functional_call, vmap
 
-from .maml import _adapt, check_inner_lr, check_model, check_params, check_steps, check_task_batch, choose_batching
+from .maml import _adapt, check_inner_loop, check_task_batch, choose_batching
 
 
 def adaptation_curve(model, params, support_x, support_y, query_x, query_y, *, loss_fn, inner_lr, steps: int,
@@ -28,10 +28,7 @@ def adaptation_curve(model, params, support_x, support_y, query_x, query_y, *, l
     A task whose fine-tuning diverges keeps its inf/nan loss in the result: at evaluation a blow-up is
     a measurement to report, not an error (training, by contrast, stops on one).
     """
-    check_model(model)
-    check_params(params)
-    check_inner_lr(inner_lr, params)
-    check_steps(steps)
+    check_inner_loop(model, params, inner_lr, steps)
     check_task_batch(support_x, support_y, query_x, query_y)
     if batching == "auto":
         batching = choose_batching(model, support_x.device)

@@ -21,7 +21,6 @@ its own generator, seeded by (seed, c)).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .omniglot import RAW_SIZE, OmniglotData, preprocess
 

@@ -96,6 +96,14 @@ def check_model(model) -> None:
             )
 
 
+def check_inner_loop(model, params, inner_lr, steps) -> None:
+    """The checks every inner-loop entry point makes: model, θ, α and the number of steps."""
+    check_model(model)
+    check_params(params)
+    check_inner_lr(inner_lr, params)
+    check_steps(steps)
+
+
 def check_task(support_x, support_y, where: str = "") -> None:
     for name, t in (("support_x", support_x), ("support_y", support_y)):
         if not isinstance(t, torch.Tensor):
@@ -238,10 +246,7 @@ def adapt(
 
     Raises FloatingPointError naming the inner step where the support loss stops being finite.
     """
-    check_model(model)
-    check_params(params)
-    check_inner_lr(inner_lr, params)
-    check_steps(steps)
+    check_inner_loop(model, params, inner_lr, steps)
     check_task(support_x, support_y)
     buffers = dict(model.named_buffers())
     with torch.enable_grad():
@@ -287,10 +292,7 @@ def adapt_batch(
     Returns (θ' stacked, support losses): θ'[name] has shape (tasks, *θ[name].shape), and the support
     losses are (tasks, steps), the loss L_support(θ) *before* each inner step.
     """
-    check_model(model)
-    check_params(params)
-    check_inner_lr(inner_lr, params)
-    check_steps(steps)
+    check_inner_loop(model, params, inner_lr, steps)
     if batching not in BATCHINGS:
         raise ValueError(f"batching: expected one of {BATCHINGS}, got {batching!r}")
     if batching == "auto":

@@ -30,8 +30,7 @@ import torch
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from .maml import Params, _adapt, check_finite, check_inner_lr, check_model, check_params, check_steps, check_task, \
-    check_task_batch
+from .maml import Params, _adapt, check_finite, check_inner_loop, check_task, check_task_batch
 
 
 def autocast_context(enabled: bool, device: torch.device | str):
@@ -113,10 +112,7 @@ def checkpointed_adapt(
     and recomputed when the meta-gradient reaches it. The price is one more forward pass of each
     inner step during the backward pass.
     """
-    check_model(model)
-    check_params(params)
-    check_inner_lr(inner_lr, params)
-    check_steps(steps)
+    check_inner_loop(model, params, inner_lr, steps)
     check_task(support_x, support_y)
     buffers = dict(model.named_buffers())
     names = list(params)
