@@ -21,14 +21,14 @@ import torch
 FORMAT = "mamlkit-checkpoint-v1"
 
 
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save `obj` to `path` atomically (temporary file + fsync + os.replace)."""
+def _atomic_write(path: str | os.PathLike, write, mode: str) -> Path:
+    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +38,16 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """torch.save `obj` to `path` atomically (temporary file + fsync + os.replace)."""
+    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (a results JSON) atomically, like `atomic_save`."""
+    return _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .checkpoint import load_checkpoint, save_checkpoint, sha256
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, sha256
 from .conv4 import DOWNSAMPLES, make_conv4
 from .evaluation import adaptation_curve, mean_ci95
 from .maml import adapt
@@ -451,8 +451,7 @@ def _write_table(json_path: Path, command: str, data, train_set, test_set, resul
                                               "test_characters": len(test_set.names), "split_seed": 0,
                                               "train_classes": f"{len(train_set.names)} x 4 rotations"},
              "runs": results}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", json_path)
     return table
 
 

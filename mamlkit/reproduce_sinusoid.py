@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint, sha256
+from .checkpoint import atomic_write_text, save_checkpoint, sha256
 from .evaluation import adaptation_curve, mean_ci95
 from .sinusoid import evaluation_tasks, make_mlp, sample_tasks, train_pretrained
 from .trainer import MetaConfig, MetaLearner, train
@@ -117,16 +117,9 @@ def main(argv=None) -> None:
         "torch": torch.__version__,
         "rows": rows,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(report, args.results)
+    atomic_write_text(json.dumps(report, indent=1) + "\n", args.results)
     print(markdown(rows))
     print(f"\nwall time {wall / 60:.1f} min on {report['hardware']}, torch {torch.__version__}")
-
-
-def atomic_save_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

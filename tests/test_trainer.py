@@ -143,3 +143,19 @@ def test_config_rejects_bad_values(field, value, match):
 def test_train_rejects_bad_iterations():
     with pytest.raises(ValueError, match="iterations: expected"):
         train(make_learner(), sampler, iterations=-5, progress=False)
+
+
+def test_atomic_write_text_replaces_whole_files_only(tmp_path, monkeypatch):
+    from mamlkit.checkpoint import atomic_write_text
+
+    path = tmp_path / "results.json"
+    atomic_write_text('{"old": 1}\n', path)
+
+    def killed(fd):  # the new text is written to the temporary file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text('{"new": 2}\n', path)
+    assert path.read_text() == '{"old": 1}\n'
+    assert os.listdir(tmp_path) == ["results.json"]
