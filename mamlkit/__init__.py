@@ -14,7 +14,7 @@ Modules, one idea each:
     omniglot     find / download / preprocess / load Omniglot, split by character, rotations
     glyphs       a procedural offline stand-in for Omniglot (NOT Omniglot)
     conv4        the paper's Conv4 with batch-statistics BatchNorm
-    fewshot      few-shot classification: train, evaluate (95% CI), classify, results
+    fewshot      few-shot classification: train, evaluate (95% CI), classify; fewshot_results: the table
     toy2d        two-parameter model families: parameter space as a plane
     widgets      InnerLoopExplorer, OuterLoopExplorer, MetaGradientAnatomy (notebook 03)
     exercises    check_exercise and the solutions/ -> notebooks/ generator

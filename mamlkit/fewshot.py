@@ -28,16 +28,13 @@ Command line (each run is resumable: run the same command again after an interru
 
     python -m mamlkit.fewshot train --n-way 5 --k-shot 1 [--first-order] --iterations N --out PATH
     python -m mamlkit.fewshot evaluate PATH
-    python -m mamlkit.fewshot results          # the CPU results table, mamlkit/weights/omniglot_results.json
+    python -m mamlkit.fewshot results          # the CPU results table (fewshot_results.py), mamlkit/weights/omniglot_results.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -46,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, sha256
+from .checkpoint import load_checkpoint, save_checkpoint, sha256
 from .conv4 import DOWNSAMPLES, make_conv4
 from .evaluation import adaptation_curve, mean_ci95
 from .maml import adapt
@@ -383,92 +380,6 @@ def export_weights(checkpoint_path, out_path) -> Path:
 # ----------------------------------------------------------------------------------------------
 # the results table: six runs on this CPU, one after another
 
-SETTINGS = [(5, 1, False), (5, 1, True), (5, 5, False), (5, 5, True), (20, 1, False), (20, 1, True)]  # (n_way, k_shot, first_order)
-SHIP = {(5, 1, False), (5, 5, False), (20, 1, False)}  # the MAML checkpoints shipped in mamlkit/weights/
-# A CPU-sized version of the paper's experiment (its settings: width 64, meta_batch_size 32/16, 15 query
-# images per class, 60,000 steps): the paper's strided Omniglot net at half width, 5 query images per class
-# in training (15 at test time), smaller meta-batches, a few hundred meta-steps, and 20-way trained with
-# 1 inner step instead of 5 (a 20-way second-order step with 5 inner steps costs ~3 s on this CPU).
-CPU_PRESET = dict(width=32, downsample="stride", q_query=5, meta_batch_size=8)
-CPU_SETTING = {(5, 1): dict(iterations=600), (5, 5): dict(iterations=400),
-               (20, 1): dict(iterations=400, meta_batch_size=4, inner_steps=1)}
-
-
-def cpu_config(n_way: int, k_shot: int, first_order: bool, **overrides) -> FewShotConfig:
-    """The configuration `results` trains for one setting; `overrides` (not None) replace preset values."""
-    preset = {**CPU_PRESET, **CPU_SETTING.get((n_way, k_shot), {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return FewShotConfig(n_way=n_way, k_shot=k_shot, first_order=first_order, **preset)
-
-
-def hardware() -> dict:
-    return {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
-def run_results(runs_dir, *, json_path=RESULTS_JSON, ship: bool = True, tasks: int = 600, data_path=None,
-                progress: bool = True, command: str = "run_results()", **overrides) -> dict:
-    """Train and evaluate the six settings one after another (resumable), write the JSON, return it."""
-    from .omniglot import rotate_classes
-
-    runs_dir = Path(runs_dir)
-    data, train_set, test_set = _omniglot_split(data_path, glyphs_fallback=False)  # real Omniglot only
-    train_images = rotate_classes(train_set.images)  # (4 * train characters, 20, 28, 28)
-    json_path = Path(json_path)
-    previous = {r["name"]: r for r in json.loads(json_path.read_text())["runs"]} if json_path.is_file() else {}
-    results = []
-    for n_way, k_shot, first_order in SETTINGS:
-        config = cpu_config(n_way, k_shot, first_order, **overrides)
-        checkpoint = runs_dir / f"{config.name}.pt"
-        start_step = load_checkpoint(checkpoint)["learner"]["step"] if checkpoint.exists() else 0
-        start = time.perf_counter()
-        learner, _ = train_fewshot(config, checkpoint_path=checkpoint, data=train_images, progress=progress)
-        train_seconds = time.perf_counter() - start
-        if start_step > 0 and config.name in previous:  # resumed: add the time of the earlier calls
-            train_seconds = previous[config.name]["train_seconds"] * start_step / config.iterations + train_seconds
-        start = time.perf_counter()
-        accuracy, ci95 = evaluate_fewshot(learner, test_set.images, n_way=n_way, k_shot=k_shot, tasks=tasks, seed=1)
-        eval_seconds = time.perf_counter() - start
-        run = {"name": config.name, "n_way": n_way, "k_shot": k_shot, "algorithm": "FOMAML" if first_order else "MAML",
-               "accuracy": round(100 * accuracy, 2), "ci95": round(100 * ci95, 2),
-               "paper": PAPER.get((n_way, k_shot, first_order)), "chance": round(100 / n_way, 2),
-               "test_tasks": tasks, "test_steps": config.test_steps, "config": asdict(config),
-               "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-               "weights": None, "sha256": None}
-        if ship and (n_way, k_shot, first_order) in SHIP:
-            out = export_weights(checkpoint, json_path.parent / f"{config.name}.pt")
-            run["weights"], run["sha256"] = out.name, sha256(out)
-        results.append(run)
-        print(markdown_row(run), flush=True)
-        table = _write_table(json_path, command, data, train_set, test_set, results)  # after each run: nothing is lost
-    return table
-
-
-def _write_table(json_path: Path, command: str, data, train_set, test_set, results: list[dict]) -> dict:
-    table = {"command": command, "hardware": hardware(),
-             "data": {"source": data.source.split(" (")[0],  # the folder is left out: it is this machine's
-                      "train_characters": len(train_set.names),
-                                              "test_characters": len(test_set.names), "split_seed": 0,
-                                              "train_classes": f"{len(train_set.names)} x 4 rotations"},
-             "runs": results}
-    atomic_write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", json_path)
-    return table
-
-
-def markdown_row(run: dict) -> str:
-    paper = f"{run['paper'][0]} ± {run['paper'][1]}" if run.get("paper") else "—"
-    return (f"| {run['n_way']}-way {run['k_shot']}-shot | {run['algorithm']} | {run['accuracy']:.1f} ± {run['ci95']:.1f} "
-            f"| {paper} | {run['chance']:.0f} | {run['config']['iterations']} | {run['train_seconds'] / 60:.1f} min |")
-
-
-def markdown_table(table: dict) -> str:
-    h = table["hardware"]
-    lines = ["| task | algorithm | accuracy % (95% CI, 600 tasks) | paper % | chance % | meta-steps | train time |",
-             "| --- | --- | --- | --- | --- | --- | --- |"] + [markdown_row(r) for r in table["runs"]]
-    lines.append(f"\n`{table['command']}` on {h['processor']}, {h['cpu_count']} CPUs, torch {h['torch']}; "
-                 f"data: {table['data']['source']}")
-    return "\n".join(lines)
-
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mamlkit.fewshot", description=__doc__.split("\n")[0])
@@ -531,6 +442,8 @@ def _run_command(args, argv) -> None:
         print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
               f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
     else:
+        from .fewshot_results import markdown_table, run_results  # the results table lives in its own module
+
         table = run_results(args.runs_dir, json_path=args.json, ship=not args.no_ship, tasks=args.tasks,
                             data_path=args.data, iterations=args.iterations, width=args.width,
                             command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]),
