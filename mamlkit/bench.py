@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .bench_setup import (Problem, conv4_problem, count_gflop, higher_available, make_meta_step, matmul_gflops,
-                          median, peak_memory_mb, sinusoid_problem, time_interleaved)
+                          median, peak_memory_mb, sinusoid_problem, time_interleaved, trainer_memory)
 from .maml import choose_batching
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -296,6 +296,9 @@ def run(plan: Plan, device: str = "cpu", out: Path | None = RESULTS, threads: in
     for method, order in plan.memory_methods:
         values = [f"{r['peak_mb']:.0f}" for r in mem if r["method"] == method and r["order"] == order]
         log(f"  {method:13} {order:6}: {' '.join(values)}")
+    whole, by_task = trainer_memory(device, width=plan.width)
+    log(f"\npeak memory (MiB) of a Conv4 MAML meta-step, loop, meta-batch 8: meta_loss(...).backward() over the "
+        f"whole batch {whole:.0f}, MetaLearner.meta_step (task by task) {by_task:.0f}")
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ from .conv4 import make_conv4
 from .maml import meta_loss
 from .sinusoid import make_mlp, sample_tasks
 from .speed import autocast_context, checkpointed_meta_loss
+from .trainer import MetaConfig, MetaLearner
 
 METHODS = ("mamlkit-vmap", "mamlkit-loop", "mamlkit-loop-bf16", "mamlkit-ckpt", "autograd-loop", "higher")
 
@@ -215,3 +216,14 @@ def matmul_gflops(device="cpu", n: int = 1024, reps: int = 10) -> float:
         _sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
+
+
+def trainer_memory(device="cpu", *, width: int = 64, meta_batch_size: int = 8) -> tuple[float, float]:
+    """Peak MiB of one Conv4 MAML meta-step with the loop: `meta_loss(...).backward()` over the whole batch
+    (every task's graph alive at once) against `MetaLearner.meta_step` (each task back-propagated at once)."""
+    problem = conv4_problem(meta_batch_size, width=width, device=device)
+    whole = peak_memory_mb(make_meta_step(problem, "mamlkit-loop", inner_steps=1, first_order=False), device)
+    learner = MetaLearner(copy.deepcopy(problem.model), problem.loss_fn,
+                          MetaConfig(inner_lr=problem.inner_lr, batching="loop"))
+    by_task = peak_memory_mb(lambda: learner.meta_step(*problem.tensors), device)
+    return whole, by_task
