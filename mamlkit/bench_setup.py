@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from .conv4 import make_conv4
 from .maml import meta_loss
 from .sinusoid import make_mlp, sample_tasks
 from .speed import autocast_context, checkpointed_meta_loss
-from .trainer import MetaConfig, MetaLearner
+from .trainer import MetaConfig, MetaLearner, make_meta_optimizer
 
 METHODS = ("mamlkit-vmap", "mamlkit-loop", "mamlkit-loop-bf16", "mamlkit-ckpt", "autograd-loop", "higher")
 
@@ -96,7 +97,7 @@ def make_meta_step(problem: Problem, method: str, *, inner_steps: int, first_ord
         raise ImportError("method: 'higher' needs the higher library (pip install higher)")
     model = copy.deepcopy(problem.model)  # its own θ and Adam state
     params = dict(model.named_parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # β = 1e-3
+    optimizer = make_meta_optimizer(list(model.parameters()), lr=1e-3)  # the trainer's Adam, β = 1e-3
     kw = dict(loss_fn=problem.loss_fn, inner_lr=problem.inner_lr, steps=inner_steps, first_order=first_order)
     device = problem.tensors[0].device
 
@@ -128,22 +129,37 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], reps: int, device="cpu") -> dict[str, list[float]]:
-    """Run each function `reps` times, round-robin, and return its wall times in ms.
+def time_interleaved(steps: dict[str, Callable[[], None]], reps: int, device="cpu",
+                     min_block_ms: float = 25.0, max_block: int = 50) -> dict[str, list[float]]:
+    """Time each function in `reps` rounds; return, per round, its mean wall time per call in ms.
 
-    Round-robin, not one method after another: on a shared machine a burst of load from elsewhere
-    then slows every method alike, and the ratios stay meaningful.
+    Within a round each function runs a block of calls back to back, as a training loop runs its
+    meta-step; a step of a few milliseconds is timed over enough calls to last `min_block_ms` (at most
+    `max_block` calls), one of seconds over one call (the idea of torch.utils.benchmark's
+    blocked_autorange). Rounds go round-robin over the functions, not one function after another: on
+    a shared machine a burst of load from elsewhere then slows every method alike, and the ratios stay
+    meaningful.
     """
     if reps < 1:
         raise ValueError(f"reps: expected at least 1 timed repetition, got {reps!r}")
+    if not min_block_ms >= 0:
+        raise ValueError(f"min_block_ms: expected a non-negative number of milliseconds, got {min_block_ms!r}")
+    if isinstance(max_block, bool) or not isinstance(max_block, int) or max_block < 1:
+        raise ValueError(f"max_block: expected a positive integer, got {max_block!r}")
+
+    def timed(fn, calls: int) -> float:  # mean ms per call over `calls` back-to-back calls
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        return 1000 * (time.perf_counter() - start) / calls
+
+    block = {name: min(max_block, max(1, math.ceil(min_block_ms / max(timed(fn, 1), 1e-6)))) for name, fn in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, fn in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(1000 * (time.perf_counter() - start))
+            times[name].append(timed(fn, block[name]))
     return times
 
 

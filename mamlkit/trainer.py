@@ -51,6 +51,17 @@ class MetaConfig:
             raise ValueError(f"grad_clip: expected a positive float or None, got {self.grad_clip!r}")
 
 
+def make_meta_optimizer(tensors: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam on θ (and α for Meta-SGD), step size β = lr: the meta-optimizer of the paper.
+
+    torch's fused Adam (one kernel updates every tensor) where the device has it: the same update as the
+    default per-tensor loop (~10 small ops per tensor), and it matters when the meta-step itself is as
+    short as the sinusoid's couple of milliseconds (0.16 -> 0.05 ms per step on one CPU thread).
+    """
+    fused = all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors)
+    return torch.optim.Adam(tensors, lr=lr, fused=fused)
+
+
 class MetaLearner:
     """θ (the model's parameters), α, a meta-optimizer, and the meta-step.
 
@@ -70,7 +81,7 @@ class MetaLearner:
         else:
             self.inner_lr = self.config.inner_lr
         lr_tensors = list(self.inner_lr.values()) if isinstance(self.inner_lr, dict) else []
-        self.optimizer = torch.optim.Adam(list(self.params.values()) + lr_tensors, lr=self.config.meta_lr)
+        self.optimizer = make_meta_optimizer(list(self.params.values()) + lr_tensors, lr=self.config.meta_lr)
         self.step = 0  # meta-steps taken
 
     @property

@@ -6,6 +6,8 @@ does not, and checkpointing the inner steps lowers MAML's.
 """
 import csv
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -120,8 +122,21 @@ def test_vmap_meta_step_through_torch_batchnorm_is_exact():
 
 def test_time_interleaved_and_errors():
     calls = []
-    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=2)
-    assert calls == ["a", "b", "a", "b"] and all(len(v) == 2 for v in times.values())
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=2,
+                             min_block_ms=0)  # blocks of one call: one calibration call each, then round-robin
+    assert calls == ["a", "b", "a", "b", "a", "b"] and all(len(v) == 2 for v in times.values())
+    # a ~2 ms step is timed in blocks lasting >= 10 ms (~5 back-to-back calls), a slow one call at a time
+    calls.clear()
+    times = time_interleaved({"fast": lambda: (calls.append("fast"), time.sleep(0.002)),
+                              "slow": lambda: (calls.append("slow"), time.sleep(0.012))}, reps=3, min_block_ms=10)
+    assert calls[:2] == ["fast", "slow"]  # calibration
+    assert 3 * 2 <= calls.count("fast") - 1 <= 3 * 5 and calls.count("slow") - 1 == 3
+    assert calls[2] == "fast" and calls[-1] == "slow"  # each round: a block of fast, then slow
+    assert all(ms >= 2 for ms in times["fast"]) and all(ms >= 12 for ms in times["slow"])  # mean per call
+    for name, bad in (("reps", dict(reps=0)), ("min_block_ms", dict(reps=1, min_block_ms=-1)),
+                      ("max_block", dict(reps=1, max_block=0))):
+        with pytest.raises(ValueError, match=name):
+            time_interleaved({"a": lambda: None}, **bad)
     with pytest.raises(ValueError, match="reps"):
         time_interleaved({"a": lambda: None}, reps=0)
     with pytest.raises(ValueError, match="method"):
