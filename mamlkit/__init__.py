@@ -11,7 +11,8 @@ Modules, one idea each:
     progress     a progress bar for terminals and JupyterLab
     pretrained   the shipped sinusoid weights (reproduce_sinusoid makes them)
     episodes     EpisodeSampler: seeded, vectorized N-way K-shot meta-batches
-    omniglot     find / download / preprocess / load Omniglot, split by character, rotations
+    omniglot     find / download / load Omniglot, split by character, rotations
+    preprocess   any character image -> uint8 28x28, the format Conv4 reads
     glyphs       a procedural offline stand-in for Omniglot (NOT Omniglot)
     conv4        the paper's Conv4 with batch-statistics BatchNorm
     fewshot      few-shot classification: train, evaluate (95% CI), classify; fewshot_results: the table

@@ -4,7 +4,8 @@ Finn, Abbeel, Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation o
 The set-ups, methods and meters are described in `bench_setup.py`. One run measures, for the paper's
 sinusoid set-up and for Conv4 5-way 1-shot (q_query 15), second order (MAML) and first order (FOMAML):
 
-    ms per meta-step   median of `reps` timed runs after a warm-up, methods interleaved round-robin
+    ms per meta-step   median over `reps` rounds after a warm-up; each round times every method on a block of
+                       back-to-back calls (>= 25 ms, as a training loop runs them), methods round-robin
     peak memory        of one meta-step (MiB above what was allocated before it)
     GFLOP/s            FLOPs of the meta-step / its median time, next to the machine's matmul GFLOP/s
 

@@ -81,7 +81,7 @@ class EpisodeSampler:
         if images.dtype != torch.uint8:
             raise TypeError(
                 f"images: expected dtype torch.uint8 (0..255, strokes 255), got {images.dtype}; "
-                f"convert with mamlkit.omniglot.preprocess or (x * 255).round().to(torch.uint8)"
+                f"convert with mamlkit.preprocess.preprocess or (x * 255).round().to(torch.uint8)"
             )
         if images.ndim != 4:
             raise ValueError(

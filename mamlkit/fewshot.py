@@ -84,6 +84,7 @@ class FewShotConfig:
     iterations: int = 60_000  # meta-steps (paper: 60,000)
     seed: int = 0  # model initialization and task sampling
     device: str = "cpu"
+    bf16: bool = False  # True: meta-train under bf16 autocast (faster on GPUs; evaluation stays float32)
 
     def __post_init__(self):
         _positive_int("n_way", self.n_way)
@@ -110,11 +111,12 @@ class FewShotConfig:
 
     def meta_config(self) -> MetaConfig:
         return MetaConfig(inner_lr=self.inner_lr, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
-                          first_order=self.first_order)
+                          first_order=self.first_order, bf16=self.bf16)
 
     @property
     def name(self) -> str:
-        return f"omniglot_{self.n_way}way_{self.k_shot}shot_{'fomaml' if self.first_order else 'maml'}"
+        return (f"omniglot_{self.n_way}way_{self.k_shot}shot_{'fomaml' if self.first_order else 'maml'}"
+                + ("_bf16" if self.bf16 else ""))
 
 
 # fields that may change when a run is resumed: the rest must match the checkpoint's
@@ -263,7 +265,7 @@ class FewShotClassifier:
     Images: a float tensor (n, 1, 28, 28) or (n, 28, 28) in [0, 1] with strokes 1 on background 0 (what
     `EpisodeSampler` gives), a uint8 tensor (n, 28, 28) with strokes 255 (the Omniglot format), or raw
     images of any size (a list of PIL images or arrays, or a numpy array (n, H, W)), which go through
-    `mamlkit.omniglot.preprocess` (dark strokes on light paper, like Omniglot's PNGs).
+    `mamlkit.preprocess.preprocess` (dark strokes on light paper, like Omniglot's PNGs).
     """
 
     def __init__(self, model: nn.Module, *, n_way: int, inner_lr: float, steps: int, config: FewShotConfig | None = None):
@@ -302,10 +304,10 @@ class FewShotClassifier:
                 raise ValueError(
                     f"{name}: expected a tensor of shape (n, 1, {SIZE}, {SIZE}) or (n, {SIZE}, {SIZE}), got "
                     f"{tuple(images.shape)}; pass images of another size as a list (or numpy array) to have "
-                    f"them preprocessed (mamlkit.omniglot.preprocess)"
+                    f"them preprocessed (mamlkit.preprocess.preprocess)"
                 )
         else:
-            from .omniglot import preprocess
+            from .preprocess import preprocess
 
             x = preprocess(images).unsqueeze(1).float() / 255.0  # (n, 1, 28, 28), strokes 1
         return x.to(self.device, torch.float32)
@@ -395,6 +397,7 @@ def main(argv=None) -> None:
         t.add_argument(flag, type=kind, default=None)
     t.add_argument("--downsample", choices=DOWNSAMPLES, default=None)
     t.add_argument("--device", default=None)
+    t.add_argument("--bf16", action="store_true", default=None, help="meta-train under bf16 autocast")
     t.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
     e = sub.add_parser("evaluate", help="accuracy on 600 test tasks with a 95%% confidence interval")
     e.add_argument("path")
@@ -411,6 +414,12 @@ def main(argv=None) -> None:
     r.add_argument("--meta-batch-size", type=int, default=None)
     r.add_argument("--tasks", type=int, default=600)
     r.add_argument("--data", default=None)
+    b = sub.add_parser("bf16", help="5-way 1-shot MAML trained in float32 and in bf16 autocast: the accuracy cost")
+    b.add_argument("--runs-dir", default="omniglot_runs")
+    b.add_argument("--json", default=None, help="default: mamlkit/results/bf16_accuracy.json")
+    b.add_argument("--iterations", type=int, default=None)
+    b.add_argument("--tasks", type=int, default=600)
+    b.add_argument("--data", default=None)
     args = parser.parse_args(argv)
     try:
         _run_command(args, argv)
@@ -441,6 +450,13 @@ def _run_command(args, argv) -> None:
         paper = PAPER.get((c.n_way, c.k_shot, c.first_order))
         print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
               f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
+    elif args.command == "bf16":
+        from .fewshot_results import BF16_JSON, run_bf16_check
+
+        table = run_bf16_check(args.runs_dir, json_path=args.json or BF16_JSON, tasks=args.tasks, data_path=args.data,
+                               iterations=args.iterations,
+                               command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]))
+        print(f"bf16 - float32: {table['bf16_minus_fp32_points']:+.2f} accuracy points")
     else:
         from .fewshot_results import markdown_table, run_results  # the results table lives in its own module
 

@@ -104,3 +104,39 @@ def markdown_table(table: dict) -> str:
     lines.append(f"\n`{table['command']}` on {h['processor']}, {h['cpu_count']} CPUs, torch {h['torch']}; "
                  f"data: {table['data']['source']}")
     return "\n".join(lines)
+
+
+BF16_JSON = Path(__file__).parent / "results" / "bf16_accuracy.json"
+
+
+def run_bf16_check(runs_dir, *, json_path=BF16_JSON, tasks: int = 600, data_path=None, progress: bool = True,
+                   command: str = "run_bf16_check()", **overrides) -> dict:
+    """5-way 1-shot MAML meta-trained twice from the same seed on the same tasks, float32 and bf16 autocast.
+
+    Both are evaluated the same way (float32, the same 600 test tasks), so the difference in accuracy is
+    the cost of training in bfloat16. Resumable (one checkpoint per run in runs_dir); the JSON is
+    written after each run.
+    """
+    from .omniglot import rotate_classes
+
+    runs_dir = Path(runs_dir)
+    data, train_set, test_set = _omniglot_split(data_path, glyphs_fallback=False)  # real Omniglot only
+    train_images = rotate_classes(train_set.images)  # (4 * train characters, 20, 28, 28)
+    results = []
+    for bf16 in (False, True):
+        config = cpu_config(5, 1, False, bf16=bf16, **overrides)
+        start = time.perf_counter()
+        learner, _ = train_fewshot(config, checkpoint_path=runs_dir / f"{config.name}.pt", data=train_images,
+                                   progress=progress)
+        train_seconds = time.perf_counter() - start
+        accuracy, ci95 = evaluate_fewshot(learner, test_set.images, n_way=5, k_shot=1, tasks=tasks, seed=1)
+        results.append({"name": config.name, "precision": "bf16 autocast" if bf16 else "float32",
+                        "accuracy": round(100 * accuracy, 2), "ci95": round(100 * ci95, 2), "test_tasks": tasks,
+                        "config": asdict(config), "train_seconds": round(train_seconds, 1)})
+        print(f"{config.name}: {100 * accuracy:.2f} ± {100 * ci95:.2f} % ({train_seconds / 60:.1f} min of training"
+              " in this call)", flush=True)
+        table = {"command": command, "hardware": hardware(), "runs": results}
+        if len(results) == 2:
+            table["bf16_minus_fp32_points"] = round(results[1]["accuracy"] - results[0]["accuracy"], 2)
+        atomic_write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", Path(json_path))
+    return table

@@ -13,7 +13,7 @@ is a fixed set of strokes; each of its *drawers* reproduces those strokes with s
                 a random stroke width (5 to 8 px), then one small affine map of the whole glyph
                 (rotation ±10°, scale 0.9 to 1.1, shear ±0.1, shift ±4 px)
 
-Rendered black on white at 105x105 with PIL, then through `omniglot.preprocess` exactly like real
+Rendered black on white at 105x105 with PIL, then through `preprocess.preprocess` exactly like real
 Omniglot images: uint8 (characters, drawers, 28, 28), strokes 255 on background 0.
 Deterministic: character c of seed s is the same whatever `characters` is (each character draws from
 its own generator, seeded by (seed, c)).
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .omniglot import RAW_SIZE, OmniglotData, preprocess
+from .omniglot import RAW_SIZE, OmniglotData
+from .preprocess import preprocess
 
 SOURCE = "procedural glyphs (NOT Omniglot)"
 

@@ -26,6 +26,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .maml import BATCHINGS, adapt_batch, check_model, check_task_batch, choose_batching, predict_batch
 from .progress import progress_bar
+from .speed import autocast_context
 
 
 @dataclass
@@ -37,6 +38,7 @@ class MetaConfig:
     learn_inner_lr: bool = False  # True: Meta-SGD, one learned α per parameter entry
     batching: str = "auto"  # "vmap", "loop" or "auto" (the faster for the model and device)
     grad_clip: float | None = None  # clip ‖∇θ L_meta‖ to this norm; None: no clipping
+    bf16: bool = False  # True: the meta-step's forward passes under bf16 autocast (speed.autocast_context)
 
     def __post_init__(self):
         if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0 and math.isfinite(self.inner_lr)):
@@ -47,6 +49,8 @@ class MetaConfig:
             raise ValueError(f"inner_steps: expected an integer >= 0, got {self.inner_steps!r}")
         if self.batching not in BATCHINGS:
             raise ValueError(f"batching: expected one of {BATCHINGS}, got {self.batching!r}")
+        if not isinstance(self.bf16, bool):
+            raise TypeError(f"bf16: expected True or False, got {self.bf16!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip: expected a positive float or None, got {self.grad_clip!r}")
 
@@ -123,11 +127,14 @@ class MetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         meta_loss, support_before, correct = 0.0, [], 0.0
         for chunk in chunks:
-            adapted, support_losses = self.adapt(support_x[chunk], support_y[chunk])
-            out = self.predict(adapted, query_x[chunk])  # (tasks in chunk, Q, ...)
-            qy = query_y[chunk]
-            # this chunk's share of the mean over tasks of each task's mean query loss (all tasks have the same Q)
-            loss = self.loss_fn(out.flatten(0, 1), qy.flatten(0, 1)) * (qy.shape[0] / tasks)
+            # bf16: convolutions and matmuls of the inner loop and the query pass in bfloat16; θ, the
+            # losses and the meta-gradient's accumulation stay float32 (.backward() runs outside autocast)
+            with autocast_context(self.config.bf16, self.device):
+                adapted, support_losses = self.adapt(support_x[chunk], support_y[chunk])
+                out = self.predict(adapted, query_x[chunk])  # (tasks in chunk, Q, ...)
+                qy = query_y[chunk]
+                # this chunk's share of the mean over tasks of each task's mean query loss (all tasks have the same Q)
+                loss = self.loss_fn(out.flatten(0, 1), qy.flatten(0, 1)) * (qy.shape[0] / tasks)  # autocast: float32
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise FloatingPointError(f"meta_step: the meta-loss is {loss.item()} at meta-step {self.step + 1}; "

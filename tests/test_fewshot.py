@@ -288,3 +288,26 @@ def test_command_line_train_then_evaluate(tmp_path, monkeypatch, capsys):
     assert f"{100 * mean:.1f} ± {100 * ci:.1f} %" in printed
     with pytest.raises(SystemExit, match="another configuration"):  # a clear message instead of a traceback
         fewshot.main(["train", "--n-way", "3", "--iterations", "4", "--out", str(path), "--width", "16"])
+
+
+def test_bf16_config_and_the_bf16_accuracy_command(tmp_path, monkeypatch, capsys):
+    from mamlkit import fewshot_results
+    from mamlkit.omniglot import OmniglotData
+
+    config = tiny(bf16=True)
+    assert config.name.endswith("_bf16") and config.meta_config().bf16 and not tiny().meta_config().bf16
+    images = prototype_images(classes=16)
+    names = [f"Tiny/character{i:02d}" for i in range(16)]
+    split = (OmniglotData(images, names, "prototypes"), OmniglotData(images[:10], names[:10], "train"),
+             OmniglotData(images[10:], names[10:], "test"))
+    monkeypatch.setattr(fewshot_results, "_omniglot_split", lambda path=None, glyphs_fallback=True: split)
+    out = tmp_path / "bf16.json"
+    fewshot.main(["bf16", "--runs-dir", str(tmp_path), "--json", str(out), "--iterations", "2", "--tasks", "5"])
+    table = json.loads(out.read_text())
+    fp32, bf16 = table["runs"]
+    assert (fp32["precision"], bf16["precision"]) == ("float32", "bf16 autocast")
+    assert (fp32["config"]["bf16"], bf16["config"]["bf16"]) == (False, True)
+    assert fp32["config"]["seed"] == bf16["config"]["seed"] and fp32["config"]["iterations"] == 2
+    assert table["bf16_minus_fp32_points"] == pytest.approx(bf16["accuracy"] - fp32["accuracy"], abs=0.011)
+    assert f"{table['bf16_minus_fp32_points']:+.2f} accuracy points" in capsys.readouterr().out
+    assert (tmp_path / "omniglot_5way_1shot_maml_bf16.pt").is_file()  # the two runs do not share a checkpoint

@@ -140,6 +140,34 @@ def test_config_rejects_bad_values(field, value, match):
         MetaConfig(**{field: value})
 
 
+def test_bf16_option_runs_the_convolutions_in_bfloat16_and_keeps_the_meta_gradient():
+    from mamlkit.conv4 import make_conv4
+
+    torch.manual_seed(0)
+    model = make_conv4(3, width=8, image_size=16)
+    batch = (torch.randn(2, 3, 1, 16, 16), torch.arange(3).repeat(2, 1), torch.randn(2, 6, 1, 16, 16),
+             torch.arange(3).repeat_interleave(2).repeat(2, 1))
+    seen = []
+    model.block2.conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    grads = {}
+    for bf16 in (False, True):
+        learner = MetaLearner(model, F.cross_entropy, MetaConfig(inner_lr=0.4, batching="loop", bf16=bf16))
+        before = [p.detach().clone() for p in learner.params.values()]
+        metrics = learner.meta_step(*batch)
+        grads[bf16] = torch.cat([p.grad.flatten() for p in learner.params.values()])
+        assert all(p.dtype == torch.float32 for p in learner.params.values())  # θ stays float32
+        with torch.no_grad():  # put θ back: both precisions judged at the same θ
+            for p, b in zip(learner.params.values(), before):
+                p.copy_(b)
+        assert torch.isfinite(torch.tensor(metrics["meta_loss"]))
+    assert set(seen[:4]) == {torch.float32} and torch.bfloat16 in seen[4:]  # the option changes the precision
+    cosine = F.cosine_similarity(grads[False], grads[True], dim=0)
+    assert cosine > 0.95, f"bf16 meta-gradient should point where the float32 one does (cos {cosine:.3f})"
+    assert not torch.equal(grads[False], grads[True])  # and it is really a different computation
+    with pytest.raises(TypeError, match="bf16: expected True or False"):
+        MetaConfig(bf16="yes")
+
+
 def test_train_rejects_bad_iterations():
     with pytest.raises(ValueError, match="iterations: expected"):
         train(make_learner(), sampler, iterations=-5, progress=False)
