@@ -78,7 +78,7 @@ def make_plan(quick: bool, device: str) -> Plan:
     plan = Plan(configs=[
         Config("sinusoid", 25, 1, 10 if quick else 30, ("mamlkit-vmap", "mamlkit-loop") + peers),
         Config("conv4", big, 1, 2 if quick else 3, conv_big + peers),
-        Config("conv4", big, 5, 2, conv_big + peers),
+        Config("conv4", big, 5, 2 if quick else 3, conv_big + peers),
         Config("conv4", small, 1, 2 if quick else 3, conv_small + peers),
     ], memory_meta_batch_size=1 if quick else 2, memory_steps=tuple(range(1, 6 if quick else 11)),
         matmul_n=512 if quick else 1024, tag="_quick" if quick else "")

@@ -12,7 +12,7 @@ Three options, each usable on a CPU and meant for a GPU:
                                         bfloat16, losses and θ stay float32. Faster on recent GPUs and on
                                         CPUs with bf16 instructions; the meta-gradient changes slightly.
     maybe_compile(fn, enabled)          torch.compile(fn), falling back to fn with a warning when the
-                                        compiler fails (no C++ compiler, an unsupported double backward).
+                                        compiled call fails (no C++ compiler, MAML's double backward).
     checkpointed_adapt(...)             the inner loop θ_{k+1} = θ_k − α ∇θ L_Tᵢ(θ_k; support) with each
                                         step wrapped in torch.utils.checkpoint: only θ_k is kept per
                                         step, the step's graph is recomputed during the backward pass.
@@ -51,10 +51,12 @@ def autocast_context(enabled: bool, device: torch.device | str):
 def maybe_compile(fn: Callable, enabled: bool = True, **compile_kwargs) -> Callable:
     """torch.compile(fn, **compile_kwargs) when enabled, with a clear fallback when compilation fails.
 
-    Compilation happens at the first call, so the returned function tries the compiled version then;
-    if torch.compile raises one of its own errors (torch._dynamo's TorchDynamoException: a missing C++
-    compiler, an operation it cannot trace), it warns once, naming the error, and from then on runs
-    `fn` uncompiled. Errors of `fn` itself are not swallowed: they reappear from the uncompiled call.
+    Compilation happens at the first call, so the returned function tries the compiled version then.
+    If that raises and `fn` uncompiled does not (a missing C++ compiler, an operation the compiler
+    cannot trace, or MAML's second order: in torch 2.13 a compiled graph cannot be differentiated with
+    create_graph=True, which the inner loop needs), it warns once, naming the error, and from then on
+    runs `fn` uncompiled. Errors of `fn` itself are not swallowed: they reappear from the uncompiled call.
+    Where it works: FOMAML's meta-loss, the query pass, evaluation (first-order graphs only).
     Note: a compiled function that fails half-way may have run part of its side effects; compile
     side-effect-free functions (a loss), not an optimizer step.
     """
@@ -76,15 +78,17 @@ def maybe_compile(fn: Callable, enabled: bool = True, **compile_kwargs) -> Calla
     @functools.wraps(fn)
     def run(*args, **kwargs):
         nonlocal failed
-        if not failed:
-            try:
-                return compiled(*args, **kwargs)
-            except torch._dynamo.exc.TorchDynamoException as e:
-                failed = True
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                warnings.warn(f"maybe_compile: compiling {name} failed ({type(e).__name__}: {first_line}); "
-                              "running it uncompiled from now on", RuntimeWarning, stacklevel=2)
-        return fn(*args, **kwargs)
+        if failed:
+            return fn(*args, **kwargs)
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as e:  # the compiler's error, or fn's own: the uncompiled call tells them apart
+            result = fn(*args, **kwargs)  # fn's own error is raised here, as if nothing were compiled
+            failed = True  # fn runs fine uncompiled: compilation was to blame
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            warnings.warn(f"maybe_compile: compiling {name} failed ({type(e).__name__}: {first_line}); "
+                          "running it uncompiled from now on", RuntimeWarning, stacklevel=2)
+            return result
 
     run.compiled = compiled  # for inspection
     return run

@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 import mamlkit
 from mamlkit.bench_setup import peak_memory_mb
+from mamlkit.maml import meta_loss
 from mamlkit.speed import autocast_context, checkpointed_adapt, checkpointed_meta_loss, maybe_compile
 
 torch.set_num_threads(1)
@@ -84,6 +85,44 @@ def test_maybe_compile_falls_back_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: later calls run uncompiled, silently
         torch.testing.assert_close(g(x), f(x))
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_maybe_compile_a_meta_loss_compiles_fomaml_and_falls_back_for_maml(first_order):
+    # aot_eager: torch.compile's graph capture and autograd handling without a C++ compiler
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    params = dict(model.named_parameters())
+    batch = (torch.randn(2, 3, 1), torch.randn(2, 3, 1), torch.randn(2, 4, 1), torch.randn(2, 4, 1))
+
+    def loss(*b):
+        return meta_loss(model, params, *b, loss_fn=F.mse_loss, inner_lr=0.1, first_order=first_order, batching="loop")
+
+    eager = torch.autograd.grad(loss(*batch), list(params.values()))
+    compiled = maybe_compile(loss, True, backend="aot_eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = compiled(*batch)
+    fell_back = [w for w in caught if "maybe_compile: compiling loss failed" in str(w.message)]
+    # FOMAML's graph is first-order: it compiles. MAML's inner gradient needs create_graph=True through
+    # the compiled graph, which torch 2.13 refuses: a warning, then the uncompiled meta-loss.
+    assert len(fell_back) == (0 if first_order else 1)
+    for g, e in zip(torch.autograd.grad(value, list(params.values())), eager):
+        torch.testing.assert_close(g, e)
+
+
+def test_maybe_compile_does_not_hide_errors_of_the_function():
+    def f(x):
+        if x.sum() > 0:
+            raise ValueError("x: expected a non-positive sum")
+        return x
+
+    g = maybe_compile(f, True, backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "compiling failed" warning: the error is f's own
+        with pytest.raises(ValueError, match="non-positive"):
+            g(torch.ones(3))
+        torch.testing.assert_close(g(-torch.ones(3)), -torch.ones(3))
 
 
 def test_maybe_compile_eager_backend_gives_the_same_numbers():
