@@ -148,3 +148,17 @@ def test_trainer_backpropagates_task_by_task_with_less_memory():
 
     whole, by_task = trainer_memory(width=8, meta_batch_size=4)
     assert by_task < 0.6 * whole  # only one task's graph alive at a time
+
+
+def test_batching_verdicts_call_near_equal_times_a_tie():
+    def row(problem, method, ms):
+        return dict(section="time", problem=problem, method=method, order="second", meta_batch_size=4,
+                    inner_steps=1, ms_median=ms)
+
+    verdicts = bench.batching_verdicts([row("sinusoid", "mamlkit-vmap", 2.0), row("sinusoid", "mamlkit-loop", 20.0),
+                                        row("conv4", "mamlkit-vmap", 100.0), row("conv4", "mamlkit-loop", 103.0)], "cpu")
+    assert "faster: vmap; choose_batching picks vmap: OK" in verdicts[0]
+    assert "faster: a tie (within 5%)" in verdicts[1] and verdicts[1].endswith("OK")
+    # a made-up measurement where the loop wins clearly for the sinusoid MLP: choose_batching is then wrong
+    wrong = bench.batching_verdicts([row("sinusoid", "mamlkit-vmap", 30.0), row("sinusoid", "mamlkit-loop", 20.0)], "cpu")
+    assert wrong[0].endswith("choose_batching picks vmap: WRONG")
