@@ -15,7 +15,8 @@ Modules, one idea each:
     preprocess   any character image -> uint8 28x28, the format Conv4 reads
     glyphs       a procedural offline stand-in for Omniglot (NOT Omniglot)
     conv4        the paper's Conv4 with batch-statistics BatchNorm
-    fewshot      few-shot classification: train, evaluate (95% CI), classify; fewshot_results: the table
+    fewshot      few-shot classification: train, evaluate (95% CI), classify; fewshot_results: the table;
+                 fewshot_cli: `python -m mamlkit.fewshot`
     toy2d        two-parameter model families: parameter space as a plane
     widgets      InnerLoopExplorer, OuterLoopExplorer, MetaGradientAnatomy (notebook 03)
     exercises    check_exercise and the solutions/ -> notebooks/ generator

@@ -29,13 +29,12 @@ Command line (each run is resumable: run the same command again after an interru
     python -m mamlkit.fewshot train --n-way 5 --k-shot 1 [--first-order] --iterations N --out PATH
     python -m mamlkit.fewshot evaluate PATH
     python -m mamlkit.fewshot results          # the CPU results table (fewshot_results.py), mamlkit/weights/omniglot_results.json
+    python -m mamlkit.fewshot bf16             # the accuracy cost of bf16 training, mamlkit/results/bf16_accuracy.json
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -384,87 +383,10 @@ def export_weights(checkpoint_path, out_path) -> Path:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mamlkit.fewshot", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="meta-train Conv4 (resumes from --out if it exists)")
-    t.add_argument("--n-way", type=int, default=5)
-    t.add_argument("--k-shot", type=int, default=1)
-    t.add_argument("--first-order", action="store_true", help="FOMAML")
-    t.add_argument("--iterations", type=int, required=True)
-    t.add_argument("--out", required=True, help="checkpoint path")
-    for flag, kind in (("--q-query", int), ("--meta-batch-size", int), ("--inner-lr", float), ("--inner-steps", int),
-                       ("--test-steps", int), ("--meta-lr", float), ("--width", int), ("--seed", int)):
-        t.add_argument(flag, type=kind, default=None)
-    t.add_argument("--downsample", choices=DOWNSAMPLES, default=None)
-    t.add_argument("--device", default=None)
-    t.add_argument("--bf16", action="store_true", default=None, help="meta-train under bf16 autocast")
-    t.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
-    e = sub.add_parser("evaluate", help="accuracy on 600 test tasks with a 95%% confidence interval")
-    e.add_argument("path")
-    e.add_argument("--tasks", type=int, default=600)
-    e.add_argument("--steps", type=int, default=None)
-    e.add_argument("--seed", type=int, default=1)
-    e.add_argument("--data", default=None)
-    r = sub.add_parser("results", help="train and evaluate the six settings on this CPU; write the JSON table")
-    r.add_argument("--runs-dir", default="omniglot_runs", help="where the full checkpoints go (not shipped)")
-    r.add_argument("--json", default=str(RESULTS_JSON))
-    r.add_argument("--no-ship", action="store_true", help="do not copy MAML checkpoints into mamlkit/weights/")
-    r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--width", type=int, default=None)
-    r.add_argument("--meta-batch-size", type=int, default=None)
-    r.add_argument("--tasks", type=int, default=600)
-    r.add_argument("--data", default=None)
-    b = sub.add_parser("bf16", help="5-way 1-shot MAML trained in float32 and in bf16 autocast: the accuracy cost")
-    b.add_argument("--runs-dir", default="omniglot_runs")
-    b.add_argument("--json", default=None, help="default: mamlkit/results/bf16_accuracy.json")
-    b.add_argument("--iterations", type=int, default=None)
-    b.add_argument("--tasks", type=int, default=600)
-    b.add_argument("--data", default=None)
-    args = parser.parse_args(argv)
-    try:
-        _run_command(args, argv)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:  # a clear message, no traceback
-        raise SystemExit(f"python -m mamlkit.fewshot {args.command}: error: {e}") from e
+    """`python -m mamlkit.fewshot ...`: the command line, in fewshot_cli.py."""
+    from .fewshot_cli import main as cli_main
 
-
-def _run_command(args, argv) -> None:
-    if args.command == "train":
-        names = {f.name for f in fields(FewShotConfig)}
-        given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-        config = FewShotConfig(**given)
-        data = None
-        if args.data is not None:
-            from .omniglot import rotate_classes
-
-            data = rotate_classes(_omniglot_split(args.data)[1].images)
-        learner, log = train_fewshot(config, checkpoint_path=args.out, data=data)
-        print(f"{config.name}: {learner.step} meta-steps, last logged meta-loss {log[-1]['meta_loss']:.4f}, "
-              f"accuracy {log[-1].get('accuracy', float('nan')):.3f} -> {args.out}")
-    elif args.command == "evaluate":
-        classifier = FewShotClassifier.from_checkpoint(args.path)
-        c = classifier.config
-        _, _, test_set = _omniglot_split(args.data)
-        steps = c.test_steps if args.steps is None else args.steps
-        accuracy, ci95 = evaluate_fewshot(classifier, test_set.images, n_way=c.n_way, k_shot=c.k_shot,
-                                          tasks=args.tasks, steps=steps, seed=args.seed)
-        paper = PAPER.get((c.n_way, c.k_shot, c.first_order))
-        print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
-              f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
-    elif args.command == "bf16":
-        from .fewshot_results import BF16_JSON, run_bf16_check
-
-        table = run_bf16_check(args.runs_dir, json_path=args.json or BF16_JSON, tasks=args.tasks, data_path=args.data,
-                               iterations=args.iterations,
-                               command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]))
-        print(f"bf16 - float32: {table['bf16_minus_fp32_points']:+.2f} accuracy points")
-    else:
-        from .fewshot_results import markdown_table, run_results  # the results table lives in its own module
-
-        table = run_results(args.runs_dir, json_path=args.json, ship=not args.no_ship, tasks=args.tasks,
-                            data_path=args.data, iterations=args.iterations, width=args.width,
-                            command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]),
-                            meta_batch_size=args.meta_batch_size)
-        print(markdown_table(table))
+    cli_main(argv)
 
 
 if __name__ == "__main__":
