@@ -61,6 +61,7 @@ class Plan:
     memory_meta_batch_size: int = 2
     memory_steps: tuple = tuple(range(1, 11))
     memory_methods: tuple = (("mamlkit-loop", "second"), ("mamlkit-loop", "first"), ("mamlkit-ckpt", "second"))
+    memory_reps: int = 3  # timed rounds per inner_steps in the memory section
     matmul_n: int = 1024
     tag: str = ""  # file name suffix
     notes: list = field(default_factory=list)
@@ -81,7 +82,7 @@ def make_plan(quick: bool, device: str) -> Plan:
         Config("conv4", big, 5, 2 if quick else 3, conv_big + peers),
         Config("conv4", small, 1, 2 if quick else 3, conv_small + peers),
     ], memory_meta_batch_size=1 if quick else 2, memory_steps=tuple(range(1, 6 if quick else 11)),
-        matmul_n=512 if quick else 1024, tag="_quick" if quick else "")
+        memory_reps=1 if quick else 3, matmul_n=512 if quick else 1024, tag="_quick" if quick else "")
     if not higher_available():
         plan.notes.append("higher is not installed (pip install higher): its rows and ratios are skipped")
     return plan
@@ -119,16 +120,24 @@ def bench_config(config: Config, width: int, device: str, threads: int) -> list[
 
 
 def bench_memory(plan: Plan, device: str, threads: int) -> list[dict]:
-    """Peak memory of one Conv4 meta-step against inner_steps, for MAML, FOMAML and checkpointed MAML."""
+    """Peak memory and time of one Conv4 meta-step against inner_steps: MAML, FOMAML, checkpointed MAML.
+
+    Memory against time: checkpointing keeps MAML's memory nearly flat and pays with one more forward
+    pass of every inner step during the backward pass.
+    """
     problem = build_problem("conv4", plan.memory_meta_batch_size, plan.width, device)
     rows = []
     for inner_steps in plan.memory_steps:
-        for method, order in plan.memory_methods:
-            step = make_meta_step(problem, method, inner_steps=inner_steps, first_order=ORDERS[order])
+        steps = {(method, order): make_meta_step(problem, method, inner_steps=inner_steps, first_order=ORDERS[order])
+                 for method, order in plan.memory_methods}
+        memory = {key: peak_memory_mb(fn, device) for key, fn in steps.items()}  # also the warm-up run
+        times = time_interleaved(steps, plan.memory_reps, device)
+        for (method, order), ts in times.items():
             rows.append(dict(section="memory", problem="conv4", method=method, order=order,
                              meta_batch_size=plan.memory_meta_batch_size, inner_steps=inner_steps, width=plan.width,
-                             reps=1, ms_median="", ms_min="", peak_mb=round(peak_memory_mb(step, device), 3),
-                             gflop="", gflops_per_s="", device=device, threads=threads))
+                             reps=plan.memory_reps, ms_median=round(median(ts), 3), ms_min=round(min(ts), 3),
+                             peak_mb=round(memory[method, order], 3), gflop="", gflops_per_s="", device=device,
+                             threads=threads))
     return rows
 
 
@@ -212,7 +221,7 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw=dict(width_ratios=[1.6, 1]))
+    fig, (ax_t, ax_m, ax_c) = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw=dict(width_ratios=[1.6, 1, 1]))
     timed = [r for r in rows if r["section"] == "time"]
     configs = list(dict.fromkeys((r["problem"], r["meta_batch_size"], r["inner_steps"]) for r in timed))
     methods = list(dict.fromkeys((r["method"], r["order"]) for r in timed))
@@ -238,11 +247,17 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
         pts = [(r["inner_steps"], r["peak_mb"]) for r in mem if r["method"] == method and r["order"] == order]
         label = {"mamlkit-loop": "MAML" if order == "second" else "FOMAML", "mamlkit-ckpt": "MAML, checkpointed"}[method]
         ax_m.plot(*zip(*pts), marker="o", label=label)
+        times = [(r["inner_steps"], r["ms_median"]) for r in mem if r["method"] == method and r["order"] == order
+                 and r["ms_median"] != ""]
+        if times:
+            ax_c.plot(*zip(*times), marker="o", label=label)
     if mem:
         ax_m.set_title(f"Peak memory, Conv4, meta_batch_size={mem[0]['meta_batch_size']}")
-    ax_m.set_xlabel("inner_steps")
-    ax_m.set_ylabel("peak memory of a meta-step (MiB)")
-    ax_m.legend()
+        ax_c.set_title(f"Time, Conv4, meta_batch_size={mem[0]['meta_batch_size']}")
+    for ax, label in ((ax_m, "peak memory of a meta-step (MiB)"), (ax_c, "ms per meta-step (median)")):
+        ax.set_xlabel("inner_steps")
+        ax.set_ylabel(label)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -298,11 +313,18 @@ def run(plan: Plan, device: str = "cpu", out: Path | None = RESULTS, threads: in
     log("\nchoose_batching against the measurements:")
     for line in batching_verdicts(rows, device):
         log(line)
-    log("\npeak memory (MiB) against inner_steps, Conv4:")
     mem = [r for r in rows if r["section"] == "memory"]
-    for method, order in plan.memory_methods:
-        values = [f"{r['peak_mb']:.0f}" for r in mem if r["method"] == method and r["order"] == order]
-        log(f"  {method:13} {order:6}: {' '.join(values)}")
+    for what, key, fmt in (("peak memory (MiB)", "peak_mb", "{:.0f}"), ("ms per meta-step", "ms_median", "{:.0f}")):
+        log(f"\n{what} against inner_steps {plan.memory_steps[0]}..{plan.memory_steps[-1]}, Conv4, "
+            f"meta-batch {plan.memory_meta_batch_size}:")
+        for method, order in plan.memory_methods:
+            values = [fmt.format(r[key]) for r in mem if r["method"] == method and r["order"] == order]
+            log(f"  {method:13} {order:6}: {' '.join(values)}")
+    last = {(r["method"], r["order"]): r for r in mem if r["inner_steps"] == plan.memory_steps[-1]}
+    plain, ckpt = last.get(("mamlkit-loop", "second")), last.get(("mamlkit-ckpt", "second"))
+    if plain and ckpt:
+        log(f"  checkpointed MAML at {plan.memory_steps[-1]} inner steps: {ckpt['peak_mb'] / plain['peak_mb']:.2f}x "
+            f"the memory, {ckpt['ms_median'] / plain['ms_median']:.2f}x the time of plain MAML")
     whole, by_task = trainer_memory(device, width=plan.width)
     log(f"\npeak memory (MiB) of a Conv4 MAML meta-step, loop, meta-batch 8: meta_loss(...).backward() over the "
         f"whole batch {whole:.0f}, MetaLearner.meta_step (task by task) {by_task:.0f}")

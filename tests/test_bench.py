@@ -26,7 +26,7 @@ def tiny_plan():
             bench.Config("sinusoid", 3, 1, 2, ("mamlkit-vmap", "mamlkit-loop") + peers),
             bench.Config("conv4", 1, 2, 1, ("mamlkit-vmap", "mamlkit-loop", "mamlkit-loop-bf16", "mamlkit-ckpt") + peers),
         ],
-        width=8, memory_meta_batch_size=1, memory_steps=(1, 3), matmul_n=64, tag="_test",
+        width=8, memory_meta_batch_size=1, memory_steps=(1, 3), memory_reps=1, matmul_n=64, tag="_test",
     )
 
 
@@ -60,6 +60,8 @@ def test_smoke_run_writes_csv_and_plot(tmp_path):
     assert peak("mamlkit-loop", "second", 3) > peak("mamlkit-loop", "second", 1)  # the Hessian term's graph grows
     assert peak("mamlkit-loop", "first", 3) == pytest.approx(peak("mamlkit-loop", "first", 1), rel=0.05)
     assert peak("mamlkit-ckpt", "second", 3) < peak("mamlkit-loop", "second", 3)
+    assert all(float(r["ms_median"]) > 0 for r in memory)  # memory against time: each memory row is timed too
+    assert "ms per meta-step against inner_steps" in report and "checkpointed MAML at 3 inner steps" in report
 
 
 def test_peak_memory_sees_a_known_allocation():
