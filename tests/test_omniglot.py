@@ -276,8 +276,17 @@ def test_image_of_wrong_size_or_mode(tmp_path, kw, words):
 
 
 def test_download_atomic_and_checked(small_set, tmp_path, monkeypatch):
+    from mamlkit import omniglot
+
+    # the real images_evaluation.zip's pinned md5 refuses a stand-in
     served = tmp_path / "served"
     served.mkdir()
+    (served / "images_evaluation.zip").write_bytes((small_set / "images_background.zip").read_bytes())
+    with pytest.raises(ValueError, match="images_evaluation.zip: md5 .* does not match the pinned 6b91aef0"):
+        download_omniglot(tmp_path / "dl", sets=("images_evaluation",), url=served.as_uri() + "/{name}.zip")
+    # below, the small stand-in zips play the full sets: unpin those (size and zip integrity only)
+    monkeypatch.setitem(omniglot.MD5, "images_background", None)
+    monkeypatch.setitem(omniglot.MD5, "images_evaluation", None)
     (served / "images_background.zip").write_bytes((small_set / "images_background.zip").read_bytes())
     url = served.as_uri() + "/{name}.zip"
     dest = download_omniglot(tmp_path / "dl", sets=("images_background",), url=url)
