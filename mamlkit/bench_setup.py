@@ -22,9 +22,9 @@ Methods (each gets its own copy of the model, so they never share θ or optimize
     autograd-loop      baselines.autograd_meta_loss: the textbook per-task autograd.grad loop
     higher             baselines.higher_meta_backward: the `higher` library (if installed)
 
-Meters: median wall time of a meta-step, its peak memory (CPU: torch.profiler's allocation events;
-CUDA: torch.cuda.max_memory_allocated), its FLOPs (torch.utils.flop_counter), and the machine's
-float32 matmul speed as the yardstick for GFLOP/s.
+Meters: median wall time of a meta-step (timed over blocks of back-to-back calls), its peak memory
+(CPU: torch.profiler's allocation events; CUDA: torch.cuda.max_memory_allocated), its FLOPs
+(torch.utils.flop_counter), and the machine's float32 matmul speed as the yardstick for GFLOP/s.
 """
 from __future__ import annotations
 
