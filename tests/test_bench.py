@@ -164,3 +164,14 @@ def test_batching_verdicts_call_near_equal_times_a_tie():
     # a made-up measurement where the loop wins clearly for the sinusoid MLP: choose_batching is then wrong
     wrong = bench.batching_verdicts([row("sinusoid", "mamlkit-vmap", 30.0), row("sinusoid", "mamlkit-loop", 20.0)], "cpu")
     assert wrong[0].endswith("choose_batching picks vmap: WRONG")
+
+
+def test_gpu_target_vmap_vs_loop_applies_on_cuda_at_meta_batch_32():
+    def row(method, ms, device):
+        return dict(section="time", problem="conv4", method=method, order="second", meta_batch_size=32,
+                    inner_steps=1, ms_median=ms, device=device)
+
+    for device, target in (("cuda", 3.0), ("cpu", None)):
+        rows = [row("mamlkit-vmap", 20.0, device), row("mamlkit-loop", 90.0, device)]
+        (value, wanted), = [(v, t) for what, v, t in bench.ratios(rows) if "mamlkit-vmap vs mamlkit-loop" in what]
+        assert value == pytest.approx(4.5) and wanted == target
