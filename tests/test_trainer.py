@@ -168,6 +168,12 @@ def test_bf16_option_runs_the_convolutions_in_bfloat16_and_keeps_the_meta_gradie
         MetaConfig(bf16="yes")
 
 
+def test_meta_optimizer_is_adam_with_fused_kernel_on_cpu():
+    learner = make_learner(meta_lr=0.003)
+    assert isinstance(learner.optimizer, torch.optim.Adam)
+    assert learner.optimizer.defaults["fused"] and learner.optimizer.defaults["lr"] == 0.003
+
+
 def test_train_rejects_bad_iterations():
     with pytest.raises(ValueError, match="iterations: expected"):
         train(make_learner(), sampler, iterations=-5, progress=False)
