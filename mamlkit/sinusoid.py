@@ -66,19 +66,19 @@ class SinusoidBatch:
 def sample_tasks(
     tasks: int,
     k_shot: int,
-    k_query: int | None = None,
+    q_query: int | None = None,
     *,
     generator: torch.Generator | None = None,
     amplitude: torch.Tensor | float | None = None,
     phase: torch.Tensor | float | None = None,
 ) -> SinusoidBatch:
-    """Sample `tasks` sinusoids with K = `k_shot` support and `k_query` (default K) query points each.
+    """Sample `tasks` sinusoids with K = `k_shot` support and `q_query` (default K) query points each.
 
     Amplitude and phase can be fixed (a float, or a tensor of shape (tasks,)) to build a chosen task.
     Seed with `generator=torch.Generator().manual_seed(s)`: the same seed gives the same tasks.
     """
-    k_query = k_shot if k_query is None else k_query
-    for name, v in (("tasks", tasks), ("k_shot", k_shot), ("k_query", k_query)):
+    q_query = k_shot if q_query is None else q_query
+    for name, v in (("tasks", tasks), ("k_shot", k_shot), ("q_query", q_query)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
     g = generator
@@ -94,14 +94,14 @@ def sample_tasks(
         phase = uniform((tasks, 1, 1), *PHASE)
     else:
         phase = torch.as_tensor(phase, dtype=torch.float32).reshape(-1, 1, 1).expand(tasks, 1, 1)
-    x = uniform((tasks, k_shot + k_query, 1), *X_RANGE)  # (tasks, K+Q, 1)
+    x = uniform((tasks, k_shot + q_query, 1), *X_RANGE)  # (tasks, K+Q, 1)
     y = sine(x, amplitude, phase)
     return SinusoidBatch(x[:, :k_shot], y[:, :k_shot], x[:, k_shot:], y[:, k_shot:], amplitude, phase)
 
 
-def evaluation_tasks(k_shot: int, *, tasks: int = 600, k_query: int = 100, seed: int = 1234) -> SinusoidBatch:
+def evaluation_tasks(k_shot: int, *, tasks: int = 600, q_query: int = 100, seed: int = 1234) -> SinusoidBatch:
     """The fixed evaluation set: 600 tasks, K support points and 100 query points each, seeded."""
-    return sample_tasks(tasks, k_shot, k_query, generator=torch.Generator().manual_seed(seed))
+    return sample_tasks(tasks, k_shot, q_query, generator=torch.Generator().manual_seed(seed))
 
 
 def train_pretrained(

@@ -40,11 +40,11 @@ def autocast_context(enabled: bool, device: torch.device | str):
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled: expected True or False, got {enabled!r}")
+    if not enabled:  # any device, "mps" included: the trainer enters this context on every meta-step
+        return contextlib.nullcontext()
     device_type = torch.device(device).type
     if device_type not in ("cpu", "cuda"):
         raise ValueError(f"device: bf16 autocast is supported here on 'cpu' and 'cuda', got {device_type!r}")
-    if not enabled:
-        return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 

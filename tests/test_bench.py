@@ -6,13 +6,12 @@ does not, and checkpointing the inner steps lowers MAML's.
 """
 import csv
 
-import time
 
 import pytest
 import torch
 from torch import nn
 
-from mamlkit import bench
+from mamlkit import bench, bench_setup
 from mamlkit.bench_setup import (conv4_problem, count_gflop, higher_available, make_meta_step, peak_memory_mb,
                                  sinusoid_problem, time_interleaved)
 
@@ -122,19 +121,26 @@ def test_vmap_meta_step_through_torch_batchnorm_is_exact():
         torch.testing.assert_close(flat(theta), flat(moved["autograd-loop"]), msg=method)
 
 
-def test_time_interleaved_and_errors():
+def test_time_interleaved_and_errors(monkeypatch):
     calls = []
     times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=2,
                              min_block_ms=0)  # blocks of one call: one calibration call each, then round-robin
     assert calls == ["a", "b", "a", "b", "a", "b"] and all(len(v) == 2 for v in times.values())
-    # a ~2 ms step is timed in blocks lasting >= 10 ms (~5 back-to-back calls), a slow one call at a time
+    # a 2 ms step is timed in blocks lasting >= 10 ms (5 back-to-back calls), a 12 ms one call at a time.
+    # A fake clock that only the steps advance makes this exact on a busy machine too.
+    clock = [0.0]
+    monkeypatch.setattr(bench_setup.time, "perf_counter", lambda: clock[0])
+
+    def step(name, seconds):
+        def run():
+            calls.append(name)
+            clock[0] += seconds
+        return run
+
     calls.clear()
-    times = time_interleaved({"fast": lambda: (calls.append("fast"), time.sleep(0.002)),
-                              "slow": lambda: (calls.append("slow"), time.sleep(0.012))}, reps=3, min_block_ms=10)
-    assert calls[:2] == ["fast", "slow"]  # calibration
-    assert 3 * 2 <= calls.count("fast") - 1 <= 3 * 5 and calls.count("slow") - 1 == 3
-    assert calls[2] == "fast" and calls[-1] == "slow"  # each round: a block of fast, then slow
-    assert all(ms >= 2 for ms in times["fast"]) and all(ms >= 12 for ms in times["slow"])  # mean per call
+    times = time_interleaved({"fast": step("fast", 0.002), "slow": step("slow", 0.012)}, reps=3, min_block_ms=10)
+    assert calls == ["fast", "slow"] + (["fast"] * 5 + ["slow"]) * 3  # calibration, then 3 rounds of blocks
+    assert times["fast"] == pytest.approx([2.0] * 3) and times["slow"] == pytest.approx([12.0] * 3)  # ms per call
     for name, bad in (("reps", dict(reps=0)), ("min_block_ms", dict(reps=1, min_block_ms=-1)),
                       ("max_block", dict(reps=1, max_block=0))):
         with pytest.raises(ValueError, match=name):

@@ -42,6 +42,8 @@ def test_autocast_context_dtypes_and_errors():
     torch.testing.assert_close(out.float(), a @ b, rtol=2e-2, atol=5e-2)  # bf16 keeps ~3 significant digits
     with pytest.raises(ValueError, match="device"):
         autocast_context(True, "meta")
+    with autocast_context(False, "mps"):  # off: a no-op on any device (the trainer enters it every meta-step)
+        assert (a @ b).dtype == torch.float32
     with pytest.raises(TypeError, match="enabled"):
         autocast_context("yes", "cpu")
 
