@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .augment import augment_tasks
 from .checkpoint import load_checkpoint, save_checkpoint, sha256
 from .conv4 import DOWNSAMPLES, make_conv4
 from .evaluation import adaptation_curve, mean_ci95
@@ -84,6 +85,10 @@ class FewShotConfig:
     seed: int = 0  # model initialization and task sampling
     device: str = "cpu"
     bf16: bool = False  # True: meta-train under bf16 autocast (faster on GPUs; evaluation stays float32)
+    split: str = "alphabets"  # test characters: "alphabets" (omniglot.TEST_ALPHABETS held out) or "characters" (random)
+    augment: bool = False  # random affine distortions of the training images (augment.py)
+    meta_lr_schedule: str = "constant"  # β over the run: "constant" or "cosine" (annealed to 1e-5)
+    first_order_steps: int = 0  # derivative-order annealing: the first meta-steps are first order
 
     def __post_init__(self):
         _positive_int("n_way", self.n_way)
@@ -104,13 +109,19 @@ class FewShotConfig:
         _positive_int("width", self.width)
         _positive_int("iterations", self.iterations)
         _positive_int("test_steps", self.test_steps)
+        if self.split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {self.split!r}")
+        for name in ("first_order", "bf16", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample: expected one of {DOWNSAMPLES}, got {self.downsample!r}")
         self.meta_config()  # checks inner_lr, meta_lr, inner_steps
 
     def meta_config(self) -> MetaConfig:
         return MetaConfig(inner_lr=self.inner_lr, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
-                          first_order=self.first_order, bf16=self.bf16)
+                          first_order=self.first_order, bf16=self.bf16, meta_lr_schedule=self.meta_lr_schedule,
+                          first_order_steps=self.first_order_steps)
 
     @property
     def name(self) -> str:
@@ -118,8 +129,17 @@ class FewShotConfig:
                 + ("_bf16" if self.bf16 else ""))
 
 
-# fields that may change when a run is resumed: the rest must match the checkpoint's
+# fields that may change when a run is resumed: the rest must match the checkpoint's. Not `iterations`
+# when β follows a schedule: the cosine's length is the run's length, so a longer run is another run.
 RESUMABLE_CHANGES = ("iterations", "device")
+SPLITS = ("alphabets", "characters")
+# what a checkpoint written before a field existed was trained with
+LEGACY_DEFAULTS = {"split": "characters", "augment": False, "meta_lr_schedule": "constant", "first_order_steps": 0}
+
+
+def saved_config(saved: dict) -> dict:
+    """A checkpoint's FewShotConfig fields, with the values older checkpoints were trained with filled in."""
+    return {**LEGACY_DEFAULTS, **saved}
 
 
 class FewShotLearner(MetaLearner):
@@ -145,8 +165,9 @@ def _check_resumable(config: FewShotConfig, checkpoint_path: Path) -> None:
     saved = load_checkpoint(checkpoint_path)["learner"].get("fewshot")
     if saved is None:
         raise ValueError(f"checkpoint_path: {checkpoint_path} holds no FewShotConfig; it was not written by train_fewshot")
-    now = asdict(config)
-    diff = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]}
+    saved, now = saved_config(saved), asdict(config)
+    may_change = RESUMABLE_CHANGES if config.meta_lr_schedule == "constant" else ("device",)
+    diff = {k: (saved.get(k), now[k]) for k in now if k not in may_change and saved.get(k) != now[k]}
     if diff:
         raise ValueError(
             f"checkpoint_path: {checkpoint_path} was trained with another configuration; resuming it would mix "
@@ -154,22 +175,42 @@ def _check_resumable(config: FewShotConfig, checkpoint_path: Path) -> None:
         )
 
 
-def _omniglot_split(path=None, *, glyphs_fallback: bool = True):
-    """(all, train, test) characters of Omniglot (or the procedural glyphs), split with the fixed seed 0."""
-    from .omniglot import load_omniglot, load_omniglot_or_glyphs, split_characters
+def _omniglot_split(path=None, *, glyphs_fallback: bool = True, split: str = "alphabets"):
+    """(all, train, test) characters of Omniglot (or the procedural glyphs).
 
+    split "alphabets": the characters of omniglot.TEST_ALPHABETS are the test set (on the glyphs, which
+    have no alphabets, the random character split is used instead); "characters": a random split with
+    the fixed seed 0 (the paper's proportion of test characters; the split of the first shipped models).
+    """
+    from .omniglot import TEST_ALPHABETS, load_omniglot, load_omniglot_or_glyphs, split_alphabets, split_characters
+
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     data = load_omniglot_or_glyphs(path) if glyphs_fallback else load_omniglot(path)
-    train_set, test_set = split_characters(data, seed=0)  # the paper's proportion of test characters
+    if split == "alphabets" and set(TEST_ALPHABETS) <= set(data.alphabets):
+        train_set, test_set = split_alphabets(data)
+    else:
+        train_set, test_set = split_characters(data, seed=0)
     return data, train_set, test_set
 
 
+def snapshot_dir(checkpoint_path) -> Path:
+    """Where `train_fewshot(..., snapshots=True)` keeps θ at every checkpoint of a run."""
+    checkpoint_path = Path(checkpoint_path)
+    return checkpoint_path.with_name(checkpoint_path.name + ".snapshots")
+
+
 def train_fewshot(config: FewShotConfig, *, checkpoint_path, data: torch.Tensor | None = None, progress: bool = True,
-                  checkpoint_every: int = 500, log_every: int = 50) -> tuple[FewShotLearner, list[dict]]:
+                  checkpoint_every: int = 500, log_every: int = 50,
+                  snapshots: bool = False) -> tuple[FewShotLearner, list[dict]]:
     """Meta-train Conv4 on few-shot tasks until `config.iterations` meta-steps, resuming from `checkpoint_path`.
 
     data: uint8 (classes, examples, 28, 28), the training classes (strokes 255 on background 0).
     None: Omniglot's training characters (fixed split, seed 0), each rotated by 0/90/180/270 degrees
     into 4 classes, as the paper.
+
+    snapshots: also keep θ at every checkpoint in `<checkpoint>.snapshots/step_NNNNNN.pt` (weights only,
+    ~0.5 MB at width 64), from which `learning_curve` measures held-out accuracy against meta-steps.
 
     Returns (learner, metrics log). A non-finite meta-loss raises FloatingPointError naming the
     meta-step; the last checkpoint is left as it was.
@@ -183,16 +224,24 @@ def train_fewshot(config: FewShotConfig, *, checkpoint_path, data: torch.Tensor 
         raise ValueError("checkpoint_path: expected a file path (the run is checkpointed and resumable)")
     checkpoint_path = Path(checkpoint_path)
     if data is None:
-        _, train_set, _ = _omniglot_split()
+        _, train_set, _ = _omniglot_split(split=config.split)
         data = rotate_classes(train_set.images)  # (4 * characters, 20, 28, 28)
     if checkpoint_path.exists():
         _check_resumable(config, checkpoint_path)
     learner = make_learner(config)
     sampler = EpisodeSampler(data.to(config.device), n_way=config.n_way, k_shot=config.k_shot,
                              q_query=config.q_query, meta_batch_size=config.meta_batch_size)
-    log = train(learner, sampler.sample, iterations=config.iterations, seed=config.seed,
+    sample = sampler.sample
+    if config.augment:  # new drawings of the training characters in every task (augment.py)
+        def sample(generator):
+            return augment_tasks(sampler.sample(generator), generator)
+    def snapshot(learner):
+        save_checkpoint({"learner": {k: v for k, v in learner.state_dict().items() if k != "optimizer"}},
+                        snapshot_dir(checkpoint_path) / f"step_{learner.step:06d}.pt")
+
+    log = train(learner, sample, iterations=config.iterations, seed=config.seed,
                 checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, log_every=log_every,
-                progress=progress, desc=config.name)
+                progress=progress, desc=config.name, on_checkpoint=snapshot if snapshots else None)
     return learner, log
 
 
@@ -278,7 +327,7 @@ class FewShotClassifier:
         saved = state["learner"].get("fewshot")
         if saved is None:
             raise ValueError(f"path: {path} holds no FewShotConfig; expected a checkpoint of train_fewshot")
-        config = FewShotConfig(**{**saved, "device": device})
+        config = FewShotConfig(**{**saved_config(saved), "device": device})
         model = make_conv4(config.n_way, width=config.width, downsample=config.downsample).to(device)
         model.load_state_dict(state["learner"]["model"])
         for p in model.parameters():

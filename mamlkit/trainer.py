@@ -29,6 +29,20 @@ from .progress import progress_bar
 from .speed import autocast_context
 
 
+META_LR_SCHEDULES = ("constant", "cosine")
+
+
+def meta_lr_at(config: "MetaConfig", step: int, iterations: int) -> float:
+    """β for meta-step `step` (0-based) of a run of `iterations` steps.
+
+    cosine:  β_t = β_min + ½ (β − β_min) (1 + cos(π t / T))     (Loshchilov & Hutter 2017, as MAML++)
+    """
+    if config.meta_lr_schedule == "constant" or iterations <= 0:
+        return config.meta_lr
+    t = min(step, iterations) / iterations
+    return config.meta_lr_min + 0.5 * (config.meta_lr - config.meta_lr_min) * (1 + math.cos(math.pi * t))
+
+
 @dataclass
 class MetaConfig:
     inner_lr: float = 0.01  # α: inner-loop step size (the paper: 0.01 sinusoid, 0.4 Omniglot)
@@ -39,6 +53,9 @@ class MetaConfig:
     batching: str = "auto"  # "vmap", "loop" or "auto" (the faster for the model and device)
     grad_clip: float | None = None  # clip ‖∇θ L_meta‖ to this norm; None: no clipping
     bf16: bool = False  # True: the meta-step's forward passes under bf16 autocast (speed.autocast_context)
+    meta_lr_schedule: str = "constant"  # "constant" β, or "cosine": β annealed to meta_lr_min over the run
+    meta_lr_min: float = 1e-5  # the cosine schedule's last β (Antoniou et al. 2019 anneal 1e-3 -> 1e-5)
+    first_order_steps: int = 0  # derivative-order annealing: the first meta-steps are first order (FOMAML)
 
     def __post_init__(self):
         if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0 and math.isfinite(self.inner_lr)):
@@ -51,6 +68,12 @@ class MetaConfig:
             raise ValueError(f"batching: expected one of {BATCHINGS}, got {self.batching!r}")
         if not isinstance(self.bf16, bool):
             raise TypeError(f"bf16: expected True or False, got {self.bf16!r}")
+        if self.meta_lr_schedule not in META_LR_SCHEDULES:
+            raise ValueError(f"meta_lr_schedule: expected one of {META_LR_SCHEDULES}, got {self.meta_lr_schedule!r}")
+        if not (isinstance(self.meta_lr_min, (int, float)) and 0 <= self.meta_lr_min <= self.meta_lr):
+            raise ValueError(f"meta_lr_min: expected a float in [0, meta_lr={self.meta_lr}], got {self.meta_lr_min!r}")
+        if isinstance(self.first_order_steps, bool) or not isinstance(self.first_order_steps, int) or self.first_order_steps < 0:
+            raise ValueError(f"first_order_steps: expected an integer >= 0, got {self.first_order_steps!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip: expected a positive float or None, got {self.grad_clip!r}")
 
@@ -99,9 +122,13 @@ class MetaLearner:
             self.model, self.params, support_x.to(self.device), support_y.to(self.device),
             loss_fn=self.loss_fn, inner_lr=self.inner_lr,
             steps=c.inner_steps if steps is None else steps,
-            first_order=c.first_order if first_order is None else first_order,
+            first_order=self.first_order_now() if first_order is None else first_order,
             batching=c.batching,
         )
+
+    def first_order_now(self) -> bool:
+        """Whether the next meta-step is first order: FOMAML, or still inside the first-order warm-up."""
+        return self.config.first_order or self.step < self.config.first_order_steps
 
     def predict(self, adapted, x):
         """f_{θ'ᵢ}(xᵢ) for a batch of tasks: x (tasks, N, ...) -> (tasks, N, ...)."""
@@ -194,6 +221,7 @@ def train(
     log_every: int = 100,
     progress: bool = True,
     desc: str = "meta-train",
+    on_checkpoint: Callable[[MetaLearner], None] | None = None,
 ) -> list[dict]:
     """Meta-train until `learner.step == iterations`, resuming from `checkpoint_path` if it exists.
 
@@ -202,7 +230,8 @@ def train(
     checkpoint) lets a resumed run draw exactly the tasks the uninterrupted run would have.
 
     Returns the metrics log (one dict every `log_every` steps). A non-finite meta-loss stops the run
-    with FloatingPointError; the last good checkpoint is left untouched.
+    with FloatingPointError; the last good checkpoint is left untouched. `on_checkpoint(learner)` is
+    called after every checkpoint is written (e.g. to keep a snapshot of θ for a learning curve).
     """
     for name, v in (("iterations", iterations), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "iterations" else 1):
@@ -219,11 +248,15 @@ def train(
         if checkpoint_path is not None:
             save_checkpoint({"learner": learner.state_dict(), "generator": generator.get_state(), "log": log},
                             checkpoint_path)
+            if on_checkpoint is not None:
+                on_checkpoint(learner)
 
     bar = progress_bar(total=iterations, initial=learner.step, desc=desc, disable=not progress)
     running = None
     try:
         while learner.step < iterations:
+            for group in learner.optimizer.param_groups:  # β of this step (a pure function of the step: resumable)
+                group["lr"] = meta_lr_at(learner.config, learner.step, iterations)
             metrics = learner.meta_step(*sample_batch(generator))
             running = metrics["meta_loss"] if running is None else 0.98 * running + 0.02 * metrics["meta_loss"]
             if learner.step % log_every == 0 or learner.step == iterations:

@@ -276,7 +276,7 @@ def test_command_line_train_then_evaluate(tmp_path, monkeypatch, capsys):
     names = [f"Tiny/character{i:02d}" for i in range(16)]
     whole = OmniglotData(images, names, "prototypes")
     train_set, test_set = OmniglotData(images[:10], names[:10], "train"), OmniglotData(images[10:], names[10:], "test")
-    monkeypatch.setattr(fewshot, "_omniglot_split", lambda path=None, glyphs_fallback=True: (whole, train_set, test_set))
+    monkeypatch.setattr(fewshot, "_omniglot_split", lambda path=None, **kwargs: (whole, train_set, test_set))
     path = tmp_path / "cli.pt"
     fewshot.main(["train", "--n-way", "3", "--k-shot", "1", "--iterations", "2", "--out", str(path), "--width", "8",
                   "--meta-batch-size", "2", "--q-query", "2"])
@@ -300,7 +300,7 @@ def test_bf16_config_and_the_bf16_accuracy_command(tmp_path, monkeypatch, capsys
     names = [f"Tiny/character{i:02d}" for i in range(16)]
     split = (OmniglotData(images, names, "prototypes"), OmniglotData(images[:10], names[:10], "train"),
              OmniglotData(images[10:], names[10:], "test"))
-    monkeypatch.setattr(fewshot_results, "_omniglot_split", lambda path=None, glyphs_fallback=True: split)
+    monkeypatch.setattr(fewshot_results, "_omniglot_split", lambda path=None, **kwargs: split)
     out = tmp_path / "bf16.json"
     fewshot.main(["bf16", "--runs-dir", str(tmp_path), "--json", str(out), "--iterations", "2", "--tasks", "5"])
     table = json.loads(out.read_text())
