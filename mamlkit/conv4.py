@@ -26,7 +26,7 @@ BatchNorm policy: batch statistics at train AND test time, as the paper's code (
   reports, and the reason its query batches hold n_way * q_query images at once.
 - γ and β_bn are ordinary parameters: they are meta-learned and adapted in the inner loop like the
   convolution weights.
-- No running statistics exist, so there is no buffer to update: `mamlkit.maml.check_model` accepts the
+- No running statistics exist, so there is no buffer to update: `mamlkit.checks.check_model` accepts the
   model in training mode, and `model.eval()` changes nothing.
 
 The alternatives, and why they are not the default:

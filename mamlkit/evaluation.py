@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
-from .maml import _adapt, check_inner_loop, check_task_batch, choose_batching
+from .batched import task_batched_forward
+from .checks import check_batching, check_inner_loop, check_task_batch
+from .maml import choose_batching, inner_step, single_task_forward
 
 
 def adaptation_curve(model, params, support_x, support_y, query_x, query_y, *, loss_fn, inner_lr, steps: int,
@@ -23,42 +25,46 @@ def adaptation_curve(model, params, support_x, support_y, query_x, query_y, *, l
 
     support_x: (tasks, K, ...), query_x: (tasks, Q, ...). Tasks are processed `chunk` at a time to
     bound memory. Returns {"loss": (tasks, steps+1)} and, with accuracy=True (classification, logits
-    over the last dimension), {"accuracy": (tasks, steps+1)} too.
+    over the last dimension), {"accuracy": (tasks, steps+1)} too. The inner steps are the library's
+    `inner_step`, first order (no meta-gradient is taken here, so it gives the same θ').
 
     A task whose fine-tuning diverges keeps its inf/nan loss in the result: at evaluation a blow-up is
     a measurement to report, not an error (training, by contrast, stops on one).
     """
     check_inner_loop(model, params, inner_lr, steps)
     check_task_batch(support_x, support_y, query_x, query_y)
-    if batching == "auto":
-        batching = choose_batching(model, support_x.device)
-    theta = {k: v.detach() for k, v in params.items()}
+    check_batching(batching)
+    batching = choose_batching(model, support_x.device) if batching == "auto" else batching
+    theta = {k: v.detach().requires_grad_() for k, v in params.items()}
     lr = {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
-    buffers = dict(model.named_buffers())
 
-    def one_task(sx, sy, qx, qy, under_vmap):
-        p, losses, accs = theta, [], []
+    def curve(forward, loss, theta, sx, sy, qx, qy):  # one task, or a chunk of tasks with θ per task
+        losses, accs = [], []
         for s in range(steps + 1):
-            out = functional_call(model, (p, buffers), (qx,))
-            losses.append(loss_fn(out, qy).detach())
-            if accuracy:
-                accs.append((out.argmax(-1) == qy).float().mean())
+            with torch.no_grad():
+                out = forward(theta, qx)
+                losses.append(loss(out, qy))
+                if accuracy:
+                    accs.append((out.argmax(-1) == qy).float().mean(-1))
             if s < steps:
-                p, _ = _adapt(model, p, buffers, sx, sy, loss_fn, lr, 1, True, under_vmap)
-                p = {k: v.detach() for k, v in p.items()}
-        return torch.stack(losses), (torch.stack(accs) if accuracy else torch.zeros(()))
+                theta, _ = inner_step(forward, theta, sx, sy, loss_fn=loss, inner_lr=lr, first_order=True)
+                theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
+        return torch.stack(losses, -1), (torch.stack(accs, -1) if accuracy else None)  # (..., steps + 1)
 
     results_loss, results_acc = [], []
-    for start in range(0, support_x.shape[0], chunk):
-        part = [t[start:start + chunk] for t in (support_x, support_y, query_x, query_y)]
-        with torch.enable_grad():
+    with torch.enable_grad():
+        for start in range(0, support_x.shape[0], chunk):
+            part = [t[start:start + chunk] for t in (support_x, support_y, query_x, query_y)]
             if batching == "vmap":
-                l, a = vmap(one_task, in_dims=(0, 0, 0, 0, None))(*part, True)
+                tasks = part[0].shape[0]
+                stacked = {k: v.detach().expand(tasks, *v.shape).requires_grad_() for k, v in theta.items()}
+                l, a = curve(task_batched_forward(model, dict(model.named_buffers())), vmap(loss_fn), stacked, *part)
             else:
-                pairs = [one_task(*task, False) for task in zip(*part)]
-                l, a = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-        results_loss.append(l)
-        results_acc.append(a)
+                pairs = [curve(single_task_forward(model), loss_fn, theta, *task) for task in zip(*part)]
+                l = torch.stack([p[0] for p in pairs])
+                a = torch.stack([p[1] for p in pairs]) if accuracy else None
+            results_loss.append(l)
+            results_acc.append(a)
     out = {"loss": torch.cat(results_loss)}
     if accuracy:
         out["accuracy"] = torch.cat(results_acc)

@@ -30,7 +30,8 @@ import torch
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from .maml import Params, _adapt, check_finite, check_inner_loop, check_task, check_task_batch
+from .checks import check_finite, check_inner_loop, check_task, check_task_batch
+from .maml import Params, inner_step, leaves, single_task_forward
 
 
 def autocast_context(enabled: bool, device: torch.device | str):
@@ -118,15 +119,16 @@ def checkpointed_adapt(
     """
     check_inner_loop(model, params, inner_lr, steps)
     check_task(support_x, support_y)
-    buffers = dict(model.named_buffers())
     names = list(params)
 
-    def one_step(*theta):  # tensors in, tensors out: what checkpoint needs
-        adapted, losses = _adapt(model, dict(zip(names, theta)), buffers, support_x, support_y, loss_fn, inner_lr,
-                                 1, first_order, False)
-        return (*(adapted[n] for n in names), losses)
+    forward = single_task_forward(model)
 
-    theta = tuple(params[n] for n in names)
+    def one_step(*theta):  # tensors in, tensors out: what checkpoint needs
+        adapted, loss = inner_step(forward, dict(zip(names, theta)), support_x, support_y, loss_fn=loss_fn,
+                                   inner_lr=inner_lr, first_order=first_order)
+        return (*(adapted[n] for n in names), loss[None])
+
+    theta = tuple(leaves(params)[n] for n in names)
     losses = []
     with torch.enable_grad():
         for _ in range(steps):

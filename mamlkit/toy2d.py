@@ -22,7 +22,7 @@ The one-step meta-gradient of task i splits in two (`meta_gradient_terms`):
                           first-order term   Hessian term (a Hessian-vector product, never the Hessian)
 
 The outer steps call `mamlkit.meta_loss` / `mamlkit.adapt_batch`, like real training. Contour grids
-evaluate the same inner loop (`maml._adapt`) vmapped over thousands of θ at once.
+evaluate the same inner step (`maml.inner_step`) on thousands of θ at once.
 """
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from .maml import _adapt, adapt_batch, check_inner_lr, check_steps, meta_loss
+from .batched import task_batched_forward
+from .checks import check_inner_lr, check_steps
+from .maml import adapt_batch, inner_step, meta_loss
 
 FAMILIES = ("linear", "sine")
 ALGORITHMS = ("MAML", "FOMAML", "Reptile")
@@ -185,20 +187,22 @@ def outer_path(model, theta0, tasks: TaskSet, algorithm: str, *, iterations: int
 def meta_objective(model, thetas: torch.Tensor, tasks: TaskSet, *, inner_lr: float, inner_steps: int) -> torch.Tensor:
     """1/B Σᵢ L_Tᵢ(θ'ᵢ; query) at every θ of thetas (N, 2) -> (N,). inner_steps=0: before adaptation.
 
-    `meta_loss` checks that each support loss is finite, a data-dependent branch that vmap cannot map
-    over many θ; this runs the same inner loop (`maml._adapt`) without the checks, vmapped.
+    The library's inner step on N·B copies of the model at once (every θ with every task), the same
+    task-batched forward pass `adapt_batch` uses; without `meta_loss`'s divergence check, since a
+    contour plot shows a diverging θ as a large value rather than stopping.
     """
-    buffers = dict(model.named_buffers())
-
-    def one(theta, sx, sy, qx, qy):
-        adapted, _ = _adapt(model, to_params(model, theta), buffers, sx, sy, F.mse_loss, inner_lr, inner_steps,
-                            True, True)
-        return F.mse_loss(functional_call(model, (adapted, buffers), (qx,)), qy)
-
-    per_task = vmap(one, in_dims=(None, 0, 0, 0, 0))  # over tasks, θ shared
+    sx, sy, qx, qy = tasks.tensors()  # (B, K, 1) each
+    n, b = thetas.shape[0], sx.shape[0]
+    # θ of point j for task i at row j·B + i: (N·B, *shape); the tasks repeated for every point
+    theta = {k: v.repeat_interleave(b, 0) for k, v in to_params(model, thetas.detach()).items()}
+    theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
+    sx, sy, qx, qy = (t.repeat(n, *([1] * (t.ndim - 1))) for t in (sx, sy, qx, qy))  # (N·B, K, 1)
+    forward, loss = task_batched_forward(model, dict(model.named_buffers())), vmap(F.mse_loss)
     with torch.enable_grad():
-        losses = vmap(per_task, in_dims=(0, None, None, None, None))(thetas.detach(), *tasks.tensors())  # (N, tasks)
-    return losses.mean(1).detach()
+        for _ in range(inner_steps):
+            theta, _ = inner_step(forward, theta, sx, sy, loss_fn=loss, inner_lr=inner_lr, first_order=True)
+    with torch.no_grad():
+        return loss(forward(theta, qx), qy).reshape(n, b).mean(1)
 
 
 def task_losses(model, thetas: torch.Tensor, tasks: TaskSet) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .maml import BATCHINGS, adapt_batch, check_model, check_task_batch, choose_batching, predict_batch
+from .checks import BATCHINGS, check_finite, check_model, check_task_batch
+from .maml import adapt_batch, choose_batching, predict_batch, task_losses
 from .progress import progress_bar
 from .speed import autocast_context
 
@@ -135,57 +136,61 @@ class MetaLearner:
         return predict_batch(self.model, adapted, x.to(self.device), batching=self.config.batching)
 
     def meta_step(self, support_x, support_y, query_x, query_y) -> dict:
-        """One outer update θ ← Adam(θ, ∇θ L_meta). Returns metrics as floats.
+        """One outer update θ ← Adam(θ, ∇θ L_meta), L_meta = 1/B Σᵢ L_Tᵢ(θ'ᵢ; query). Returns metrics as floats.
 
-        With batching "vmap" all tasks share one graph. With "loop" each task's query loss is
-        back-propagated as soon as it is computed, so only one task's graph is alive at a time and
-        memory does not grow with meta_batch_size; the gradient is the same sum, 1/B Σᵢ ∇θ L_Tᵢ(θ'ᵢ).
+        The loss is `maml.task_losses`, the terms `meta_loss` averages. With batching "vmap" all tasks
+        share one graph; with "loop" each task's share of L_meta is back-propagated as soon as it is
+        computed, so only one task's graph is alive at a time and memory does not grow with the
+        meta-batch; the gradient is the same sum. The step synchronises with the device once, to read
+        its metrics and check that they are finite (a GPU keeps queuing work until then).
 
-        Raises FloatingPointError (naming the meta-step) when the meta-loss or its gradient is not
-        finite; θ and the optimizer are then left as they were before this step.
+        Raises FloatingPointError naming the meta-step (and, if an inner loop diverged, its inner step
+        and task) when the meta-loss or the meta-gradient is not finite; θ, α and the optimizer are
+        then left as they were before this step.
         """
         check_task_batch(support_x, support_y, query_x, query_y)
-        query_y = query_y.to(self.device)
-        tasks = support_x.shape[0]
-        batching = self.config.batching
-        if batching == "auto":
-            batching = choose_batching(self.model, self.device)
+        support_x, support_y, query_x, query_y = (t.to(self.device) for t in (support_x, support_y, query_x, query_y))
+        tasks, c = support_x.shape[0], self.config
+        batching = choose_batching(self.model, self.device) if c.batching == "auto" else c.batching
         chunks = [slice(0, tasks)] if batching == "vmap" else [slice(i, i + 1) for i in range(tasks)]
+        classification = not query_y.is_floating_point()
         self.optimizer.zero_grad(set_to_none=True)
-        meta_loss, support_before, correct = 0.0, [], 0.0
+        dtype = next(iter(self.params.values())).dtype  # θ's: float32, or float64 in the exactness tests
+        totals, support_losses = torch.zeros(3, device=self.device, dtype=dtype), []  # Σ meta-loss, Σ support loss, Σ correct
         for chunk in chunks:
-            # bf16: convolutions and matmuls of the inner loop and the query pass in bfloat16; θ, the
-            # losses and the meta-gradient's accumulation stay float32 (.backward() runs outside autocast)
-            with autocast_context(self.config.bf16, self.device):
-                adapted, support_losses = self.adapt(support_x[chunk], support_y[chunk])
-                out = self.predict(adapted, query_x[chunk])  # (tasks in chunk, Q, ...)
-                qy = query_y[chunk]
-                # this chunk's share of the mean over tasks of each task's mean query loss (all tasks have the same Q)
-                loss = self.loss_fn(out.flatten(0, 1), qy.flatten(0, 1)) * (qy.shape[0] / tasks)  # autocast: float32
-            if not torch.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise FloatingPointError(f"meta_step: the meta-loss is {loss.item()} at meta-step {self.step + 1}; "
-                                         "θ was not updated")
+            # bf16: convolutions and matmuls in bfloat16; θ, the losses and the gradient's sum stay float32
+            with autocast_context(c.bf16, self.device):
+                query_losses, s_losses, out = task_losses(
+                    self.model, self.params, support_x[chunk], support_y[chunk], query_x[chunk], query_y[chunk],
+                    loss_fn=self.loss_fn, inner_lr=self.inner_lr, steps=c.inner_steps,
+                    first_order=self.first_order_now(), batching=batching)
+                loss = query_losses.to(dtype).sum() / tasks  # this chunk's share of L_meta
             loss.backward()
-            meta_loss += loss.item()
-            support_before.append(support_losses[:, :1])
-            if not qy.is_floating_point():  # classification: accuracy of θ' on the query set
-                correct += (out.argmax(-1) == qy).float().sum().item()
+            correct = (out.argmax(-1) == query_y[chunk]).float().mean(-1).sum() if classification else loss.new_zeros(())
+            first = s_losses[:, 0].sum() if s_losses.shape[1] else loss.new_zeros(())
+            totals += torch.stack([loss.detach(), first.to(dtype), correct.to(dtype)])
+            support_losses.append(s_losses)
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        if not torch.isfinite(grad_norm):
+        meta, support, correct, norm = torch.cat([totals, grad_norm[None]]).tolist()  # the step's one device sync
+        if not (math.isfinite(meta) and math.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"meta_step: the meta-gradient is not finite at meta-step {self.step + 1}; θ was not updated")
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(grads, self.config.grad_clip)  # (the norm was already measured above)
+            where = f"at meta-step {self.step + 1}; θ was not updated"
+            try:
+                check_finite(torch.cat(support_losses))  # names the inner step and the task, if one diverged
+            except FloatingPointError as e:
+                raise FloatingPointError(f"meta_step: {e} ({where})") from None
+            what = "meta-loss" if not math.isfinite(meta) else "meta-gradient"
+            raise FloatingPointError(f"meta_step: the {what} is {meta if what == 'meta-loss' else norm} {where}")
+        if c.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(grads, c.grad_clip)  # (the norm was already measured above)
         self.optimizer.step()
         self.step += 1
-        metrics = {"step": self.step, "meta_loss": meta_loss, "grad_norm": grad_norm.item()}
-        support_before = torch.cat(support_before)  # (tasks, 1) or (tasks, 0) when inner_steps == 0
-        if support_before.numel():
-            metrics["support_loss"] = support_before.mean().item()  # before adaptation
-        if not query_y.is_floating_point():
-            metrics["accuracy"] = correct / query_y.numel()
+        metrics = {"step": self.step, "meta_loss": meta, "grad_norm": norm}
+        if c.inner_steps:
+            metrics["support_loss"] = support / tasks  # before adaptation
+        if classification:
+            metrics["accuracy"] = correct / tasks  # of θ'ᵢ on the query sets
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mamlkit.conv4 import BatchNorm, make_conv4
-from mamlkit.maml import check_model
+from mamlkit.checks import check_model
 
 torch.set_num_threads(1)
 

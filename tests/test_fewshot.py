@@ -16,7 +16,7 @@ import mamlkit
 from mamlkit import fewshot
 from mamlkit.episodes import EpisodeSampler
 from mamlkit.fewshot import FewShotClassifier, FewShotConfig, evaluate_fewshot, export_weights, make_learner, train_fewshot
-from mamlkit.maml import check_model
+from mamlkit.checks import check_model
 
 torch.set_num_threads(1)
 
