@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 
-
 def check_params(params) -> None:
     if not isinstance(params, Mapping) or len(params) == 0:
         raise TypeError(

@@ -24,7 +24,14 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .batched import task_batched_forward
-from .checks import BATCHINGS, check_batching, check_finite, check_inner_loop, check_task, check_task_batch
+from .checks import (
+    BATCHINGS,
+    check_batching,
+    check_finite,
+    check_inner_loop,
+    check_task,
+    check_task_batch,
+)
 
 Params = dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]  # forward(θ, x) -> f_θ(x)

@@ -29,7 +29,6 @@ from .maml import adapt_batch, choose_batching, predict_batch, task_losses
 from .progress import progress_bar
 from .speed import autocast_context
 
-
 META_LR_SCHEDULES = ("constant", "cosine")
 
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import mamlkit
-from mamlkit.baselines import autograd_meta_loss, higher_meta_backward, reptile_direction
-from mamlkit.bench_setup import higher_available
-from mamlkit.sinusoid import make_mlp, sample_tasks
+from mamlkit.bench.baselines import autograd_meta_loss, higher_meta_backward, reptile_direction
+from mamlkit.bench.problems import higher_available
+from mamlkit.experiments.sinusoid import make_mlp, sample_tasks
 
 torch.set_num_threads(1)
 
@@ -26,7 +26,7 @@ def sinusoid_setup(tasks=3, k=5, seed=0):
 
 
 def conv_setup(tasks=2, n_way=3, seed=0):
-    """A small conv net with batch-statistics BatchNorm, written here (independent of mamlkit.conv4)."""
+    """A small conv net with batch-statistics BatchNorm, written here (independent of mamlkit.models.conv4)."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, n_way)).double()

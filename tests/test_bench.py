@@ -6,14 +6,21 @@ does not, and checkpointing the inner steps lowers MAML's.
 """
 import csv
 
-
 import pytest
 import torch
 from torch import nn
 
-from mamlkit import bench, bench_setup
-from mamlkit.bench_setup import (conv4_problem, count_gflop, higher_available, make_meta_step, peak_memory_mb,
-                                 sinusoid_problem, time_interleaved)
+from mamlkit.bench import problems as bench_setup
+from mamlkit.bench import run as bench
+from mamlkit.bench.problems import (
+    conv4_problem,
+    count_gflop,
+    higher_available,
+    make_meta_step,
+    peak_memory_mb,
+    sinusoid_problem,
+    time_interleaved,
+)
 
 torch.set_num_threads(1)
 
@@ -152,7 +159,7 @@ def test_time_interleaved_and_errors(monkeypatch):
 
 
 def test_trainer_backpropagates_task_by_task_with_less_memory():
-    from mamlkit.bench_setup import trainer_memory
+    from mamlkit.bench.problems import trainer_memory
 
     whole, by_task = trainer_memory(width=8, meta_batch_size=4)
     assert by_task < 0.6 * whole  # only one task's graph alive at a time

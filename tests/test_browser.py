@@ -10,13 +10,12 @@ import time
 
 import nbformat
 import pytest
-
 from conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
 CELLS = [
-    "import torch\ntorch.set_num_threads(1)\nfrom mamlkit.sinusoid import make_mlp\n"
+    "import torch\ntorch.set_num_threads(1)\nfrom mamlkit.experiments.sinusoid import make_mlp\n"
     "from mamlkit.widgets import InnerLoopExplorer",
     "torch.manual_seed(0)\nexplorer = InnerLoopExplorer(make_mlp(), make_mlp(), amplitude=2.0, inner_steps=3)\nexplorer",
 ]

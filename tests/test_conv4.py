@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from mamlkit.conv4 import BatchNorm, make_conv4
 from mamlkit.checks import check_model
+from mamlkit.models.conv4 import BatchNorm, make_conv4
 
 torch.set_num_threads(1)
 
@@ -98,6 +98,7 @@ def test_batchnorm_equals_torch_batch_statistics_batchnorm():
 def test_second_order_vmap_equals_loop_with_conv4():
     # the reason for conv4.BatchNorm: with torch's BatchNorm this comparison fails under vmap
     import torch.nn.functional as F
+
     from mamlkit import meta_loss
 
     torch.manual_seed(0)

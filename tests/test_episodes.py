@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mamlkit.episodes import EpisodeSampler
+from mamlkit.data.episodes import EpisodeSampler
 
 torch.set_num_threads(1)
 

@@ -1,11 +1,11 @@
-"""mamlkit.exercises: solution markers -> student stubs, and check_exercise's three outcomes."""
+"""mamlkit.course.exercises: solution markers -> student stubs, and check_exercise's three outcomes."""
 import json
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mamlkit import exercises as ex
+from mamlkit.course import exercises as ex
 
 SOLUTION = """\
 import torch

@@ -13,10 +13,17 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import mamlkit
-from mamlkit import fewshot
-from mamlkit.episodes import EpisodeSampler
-from mamlkit.fewshot import FewShotClassifier, FewShotConfig, evaluate_fewshot, export_weights, make_learner, train_fewshot
 from mamlkit.checks import check_model
+from mamlkit.data.episodes import EpisodeSampler
+from mamlkit.experiments import fewshot, fewshot_cli
+from mamlkit.experiments.fewshot import (
+    FewShotClassifier,
+    FewShotConfig,
+    evaluate_fewshot,
+    export_weights,
+    make_learner,
+    train_fewshot,
+)
 
 torch.set_num_threads(1)
 
@@ -214,7 +221,7 @@ def test_classify_accepts_uint8_and_raw_images(classifier):
     # raw images: dark strokes on white paper at 56x56, as a list of numpy arrays -> preprocess -> the same 28x28
     raw = lambda x: [(255 - (img[0] * 255)).to(torch.uint8).repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
                      for img in x]
-    from mamlkit.omniglot import preprocess
+    from mamlkit.data.omniglot import preprocess
     expected = classifier.classify(preprocess(raw(support_x)), support_y, preprocess(raw(query_x)))
     assert torch.equal(classifier.classify(raw(support_x), support_y, raw(query_x)), expected)
 
@@ -270,29 +277,29 @@ def test_shipped_checkpoints_load_and_beat_chance():
 
 
 def test_command_line_train_then_evaluate(tmp_path, monkeypatch, capsys):
-    from mamlkit.omniglot import OmniglotData
+    from mamlkit.data.omniglot import OmniglotData
 
     images = prototype_images(classes=16)
     names = [f"Tiny/character{i:02d}" for i in range(16)]
     whole = OmniglotData(images, names, "prototypes")
     train_set, test_set = OmniglotData(images[:10], names[:10], "train"), OmniglotData(images[10:], names[10:], "test")
-    monkeypatch.setattr(fewshot, "_omniglot_split", lambda path=None, **kwargs: (whole, train_set, test_set))
+    monkeypatch.setattr(fewshot, "omniglot_split", lambda path=None, **kwargs: (whole, train_set, test_set))
     path = tmp_path / "cli.pt"
-    fewshot.main(["train", "--n-way", "3", "--k-shot", "1", "--iterations", "2", "--out", str(path), "--width", "8",
+    fewshot_cli.main(["train", "--n-way", "3", "--k-shot", "1", "--iterations", "2", "--out", str(path), "--width", "8",
                   "--meta-batch-size", "2", "--q-query", "2"])
     assert "2 meta-steps" in capsys.readouterr().out
-    fewshot.main(["evaluate", str(path), "--tasks", "5", "--seed", "3"])
+    fewshot_cli.main(["evaluate", str(path), "--tasks", "5", "--seed", "3"])
     printed = capsys.readouterr().out
     clf = FewShotClassifier.from_checkpoint(path)
     mean, ci = evaluate_fewshot(clf, test_set.images, n_way=3, k_shot=1, tasks=5, seed=3)
     assert f"{100 * mean:.1f} ± {100 * ci:.1f} %" in printed
     with pytest.raises(SystemExit, match="another configuration"):  # a clear message instead of a traceback
-        fewshot.main(["train", "--n-way", "3", "--iterations", "4", "--out", str(path), "--width", "16"])
+        fewshot_cli.main(["train", "--n-way", "3", "--iterations", "4", "--out", str(path), "--width", "16"])
 
 
 def test_bf16_config_and_the_bf16_accuracy_command(tmp_path, monkeypatch, capsys):
-    from mamlkit import fewshot_results
-    from mamlkit.omniglot import OmniglotData
+    from mamlkit.data.omniglot import OmniglotData
+    from mamlkit.experiments import fewshot_results
 
     config = tiny(bf16=True)
     assert config.name.endswith("_bf16") and config.meta_config().bf16 and not tiny().meta_config().bf16
@@ -300,9 +307,9 @@ def test_bf16_config_and_the_bf16_accuracy_command(tmp_path, monkeypatch, capsys
     names = [f"Tiny/character{i:02d}" for i in range(16)]
     split = (OmniglotData(images, names, "prototypes"), OmniglotData(images[:10], names[:10], "train"),
              OmniglotData(images[10:], names[10:], "test"))
-    monkeypatch.setattr(fewshot_results, "_omniglot_split", lambda path=None, **kwargs: split)
+    monkeypatch.setattr(fewshot_results, "omniglot_split", lambda path=None, **kwargs: split)
     out = tmp_path / "bf16.json"
-    fewshot.main(["bf16", "--runs-dir", str(tmp_path), "--json", str(out), "--iterations", "2", "--tasks", "5"])
+    fewshot_cli.main(["bf16", "--runs-dir", str(tmp_path), "--json", str(out), "--iterations", "2", "--tasks", "5"])
     table = json.loads(out.read_text())
     fp32, bf16 = table["runs"]
     assert (fp32["precision"], bf16["precision"]) == ("float32", "bf16 autocast")

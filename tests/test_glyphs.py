@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from mamlkit import omniglot
-from mamlkit.episodes import EpisodeSampler
-from mamlkit.glyphs import make_glyphs
-from mamlkit.omniglot import OmniglotData, load_omniglot_or_glyphs, split_characters
+from mamlkit.data import omniglot
+from mamlkit.data.episodes import EpisodeSampler
+from mamlkit.data.glyphs import make_glyphs
+from mamlkit.data.omniglot import OmniglotData, load_omniglot_or_glyphs, split_characters
 
 torch.set_num_threads(1)
 

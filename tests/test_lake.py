@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mamlkit import lake, omniglot
-from mamlkit.lake import (
+from mamlkit.data import omniglot
+from mamlkit.experiments import lake
+from mamlkit.experiments.lake import (
     BASELINES,
     TEST_ALPHABETS,
     Run,
@@ -27,7 +28,8 @@ from mamlkit.lake import (
 
 torch.set_num_threads(1)
 SHARED = omniglot.shared_dir()
-WEIGHTS = Path(lake.__file__).resolve().parent / "weights"
+from mamlkit.paths import WEIGHTS  # noqa: E402
+
 ALPHABETS = {"Alpha": 20, "Beta": 21, "Gamma": 5}
 DRAWERS = 4
 SIZE = 105
@@ -283,7 +285,7 @@ def test_cli_bad_input_is_a_one_line_message(fake, tmp_path, argv, words):
     with pytest.raises(SystemExit) as e:
         main(argv)
     message = str(e.value.code)
-    assert message.startswith("python -m mamlkit.lake: error:") and "\n" not in message
+    assert message.startswith("python -m mamlkit.experiments.lake: error:") and "\n" not in message
     assert all(w in message for w in words), message
 
 
@@ -314,7 +316,7 @@ def test_cli_prints_the_table_and_writes_json_only_when_asked(fake, tmp_path, ca
 
 
 def test_cli_in_a_subprocess_has_no_traceback(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "mamlkit.lake", str(tmp_path / "missing.pt"), "--runs", "2"],
+    p = subprocess.run([sys.executable, "-m", "mamlkit.experiments.lake", str(tmp_path / "missing.pt"), "--runs", "2"],
                        capture_output=True, text=True, timeout=120, check=False,
                        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)},
                        cwd=Path(lake.__file__).resolve().parents[1])

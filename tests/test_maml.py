@@ -12,7 +12,6 @@ import mamlkit
 from mamlkit import adapt, meta_loss
 
 
-
 def smooth_mlp(seed=0):
     # tanh, not ReLU: finite differences need a smooth loss (ReLU has kinks)
     torch.manual_seed(seed)
@@ -152,7 +151,7 @@ def test_zero_steps_and_frozen_parameters():
 
 
 def test_same_seed_same_trajectory():
-    from mamlkit.sinusoid import make_mlp, sample_tasks
+    from mamlkit.experiments.sinusoid import make_mlp, sample_tasks
 
     def run():
         torch.manual_seed(0)

@@ -1,13 +1,13 @@
-"""The student notebooks in notebooks/ are exactly what `python -m mamlkit.exercises` makes of solutions/.
+"""The student notebooks in notebooks/ are exactly what `python -m mamlkit.course.exercises` makes of solutions/.
 
-If one of these fails after you edited a solution: run `python -m mamlkit.exercises` and commit both folders.
+If one of these fails after you edited a solution: run `python -m mamlkit.course.exercises` and commit both folders.
 """
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from mamlkit import exercises as ex
+from mamlkit.course import exercises as ex
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -24,12 +24,12 @@ def test_there_are_solution_notebooks():
 
 
 def test_same_file_names_in_both_folders():
-    assert names(NOTEBOOKS) == names(SOLUTIONS), "run `python -m mamlkit.exercises`"
+    assert names(NOTEBOOKS) == names(SOLUTIONS), "run `python -m mamlkit.course.exercises`"
 
 
 def test_notebooks_equal_the_generators_output():
     stale = [str(p.relative_to(ROOT)) for p in ex.differing(ROOT)]
-    assert stale == [], f"out of date (run `python -m mamlkit.exercises`): {stale}"
+    assert stale == [], f"out of date (run `python -m mamlkit.course.exercises`): {stale}"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS + NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")

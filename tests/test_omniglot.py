@@ -4,7 +4,6 @@ Real-data tests read ../shared/omniglot (skipped when it is absent); everything 
 zips written to tmp_path in Omniglot's layout. No test writes into the user's cache or the repository.
 """
 import io
-import os
 import zipfile
 from pathlib import Path
 
@@ -13,9 +12,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mamlkit import omniglot
-from mamlkit.omniglot import (OmniglotData, download_omniglot, find_omniglot, load_omniglot, preprocess,
-                              rotate_classes, split_characters)
+from mamlkit.data import omniglot
+from mamlkit.data.omniglot import (
+    OmniglotData,
+    download_omniglot,
+    find_omniglot,
+    load_omniglot,
+    preprocess,
+    rotate_classes,
+    split_characters,
+)
 
 torch.set_num_threads(1)
 SHARED = omniglot.shared_dir()
@@ -276,7 +282,7 @@ def test_image_of_wrong_size_or_mode(tmp_path, kw, words):
 
 
 def test_download_atomic_and_checked(small_set, tmp_path, monkeypatch):
-    from mamlkit import omniglot
+    from mamlkit.data import omniglot
 
     # the real images_evaluation.zip's pinned md5 refuses a stand-in
     served = tmp_path / "served"

@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 import mamlkit
-from mamlkit.bench_setup import peak_memory_mb
+from mamlkit.bench.problems import peak_memory_mb
 from mamlkit.maml import meta_loss
 from mamlkit.speed import autocast_context, checkpointed_adapt, checkpointed_meta_loss, maybe_compile
 

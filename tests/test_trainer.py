@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import mamlkit
 from mamlkit import MetaConfig, MetaLearner, load_checkpoint, meta_loss, save_checkpoint, train
-from mamlkit.sinusoid import make_mlp, sample_tasks
+from mamlkit.experiments.sinusoid import make_mlp, sample_tasks
 
 
 def sampler(g):
@@ -141,7 +141,7 @@ def test_config_rejects_bad_values(field, value, match):
 
 
 def test_bf16_option_runs_the_convolutions_in_bfloat16_and_keeps_the_meta_gradient():
-    from mamlkit.conv4 import make_conv4
+    from mamlkit.models.conv4 import make_conv4
 
     torch.manual_seed(0)
     model = make_conv4(3, width=8, image_size=16)

@@ -14,10 +14,16 @@ from matplotlib.patches import FancyArrowPatch
 from PIL import Image
 
 import mamlkit
-from mamlkit import toy2d
-from mamlkit.sinusoid import make_mlp
-from mamlkit.widgets import (InnerLoopExplorer, MetaGradientAnatomy, OuterLoopExplorer, compute_anatomy,
-                             compute_inner, compute_outer)
+from mamlkit.experiments.sinusoid import make_mlp
+from mamlkit.widgets import (
+    InnerLoopExplorer,
+    MetaGradientAnatomy,
+    OuterLoopExplorer,
+    compute_anatomy,
+    compute_inner,
+    compute_outer,
+    toy2d,
+)
 
 torch.set_num_threads(1)
 

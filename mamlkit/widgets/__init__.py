@@ -19,12 +19,31 @@ show static figures, and the tests call them to check the numbers.
 
 Display a widget as a cell's last expression, or with `display(widget)`.
 """
-from .widgets_anatomy import (MetaGradientAnatomy, draw_anatomy, draw_anatomy_background, new_anatomy_view,
-                              task_objective_grid)
-from .widgets_canvas import Canvas, figure_png, new_figure
-from .widgets_inner import InnerLoopExplorer, compute_inner, course_models, draw_inner, new_inner_view, quick_models
-from .widgets_outer import (OuterLoopExplorer, compute_anatomy, compute_grids, compute_outer, draw_outer,
-                            draw_outer_background, new_outer_view)
+from .anatomy import (
+                              MetaGradientAnatomy,
+                              draw_anatomy,
+                              draw_anatomy_background,
+                              new_anatomy_view,
+                              task_objective_grid,
+)
+from .canvas import Canvas, figure_png, new_figure
+from .inner import (
+                              InnerLoopExplorer,
+                              compute_inner,
+                              course_models,
+                              draw_inner,
+                              new_inner_view,
+                              quick_models,
+)
+from .outer import (
+                              OuterLoopExplorer,
+                              compute_anatomy,
+                              compute_grids,
+                              compute_outer,
+                              draw_outer,
+                              draw_outer_background,
+                              new_outer_view,
+)
 
 __all__ = [
     "InnerLoopExplorer", "OuterLoopExplorer", "MetaGradientAnatomy",

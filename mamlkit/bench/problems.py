@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..experiments.sinusoid import make_mlp, sample_tasks
+from ..maml import meta_loss
+from ..models.conv4 import make_conv4
+from ..speed import autocast_context, checkpointed_meta_loss
+from ..trainer import MetaConfig, MetaLearner, make_meta_optimizer
 from .baselines import autograd_meta_loss, higher_meta_backward
-from .conv4 import make_conv4
-from .maml import meta_loss
-from .sinusoid import make_mlp, sample_tasks
-from .speed import autocast_context, checkpointed_meta_loss
-from .trainer import MetaConfig, MetaLearner, make_meta_optimizer
 
 METHODS = ("mamlkit-vmap", "mamlkit-loop", "mamlkit-loop-bf16", "mamlkit-ckpt", "autograd-loop", "higher")
 

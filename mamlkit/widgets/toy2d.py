@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from .batched import task_batched_forward
-from .checks import check_inner_lr, check_steps
-from .maml import adapt_batch, inner_step, meta_loss
+from ..batched import task_batched_forward
+from ..checks import check_inner_lr, check_steps
+from ..maml import adapt_batch, inner_step, meta_loss
 
 FAMILIES = ("linear", "sine")
 ALGORITHMS = ("MAML", "FOMAML", "Reptile")

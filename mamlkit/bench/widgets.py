@@ -1,7 +1,7 @@
 """Benchmark: milliseconds per slider-change redraw of each widget (compute + draw + PNG), median and p90.
 
-    python -m mamlkit.bench_widgets            # 30 changes per slider
-    python -m mamlkit.bench_widgets --n 10
+    python -m mamlkit.bench.widgets            # 30 changes per slider
+    python -m mamlkit.bench.widgets --n 10
 
 The target is < 300 ms for a slider change (a widget that lags breaks the feel of "drag and watch").
 This is a measurement, not a test: it prints its numbers and the ratio to the target.
@@ -35,13 +35,13 @@ def report(name: str, times: list[float]) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mamlkit.bench_widgets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.bench.widgets", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=30, help="slider changes per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the notebooks use at most 2)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .sinusoid import make_mlp
-    from .widgets import InnerLoopExplorer, MetaGradientAnatomy, OuterLoopExplorer
+    from ..experiments.sinusoid import make_mlp
+    from ..widgets import InnerLoopExplorer, MetaGradientAnatomy, OuterLoopExplorer
 
     n = args.n
     torch.manual_seed(0)

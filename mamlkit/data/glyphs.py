@@ -2,7 +2,7 @@
 
 NOT Omniglot, and its numbers are not the paper's. It exists so that every notebook and test still
 runs, and still shows few-shot learning, on a machine that has no Omniglot files and no internet
-(`mamlkit.omniglot.load_omniglot_or_glyphs` falls back to it with a warning).
+(`mamlkit.data.omniglot.load_omniglot_or_glyphs` falls back to it with a warning).
 
 It imitates the structure that makes Omniglot a few-shot problem (Lake et al. 2015): a *character*
 is a fixed set of strokes; each of its *drawers* reproduces those strokes with small differences.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .omniglot import RAW_SIZE, OmniglotData
+from .characters import RAW_SIZE, OmniglotData
 from .preprocess import preprocess
 
 SOURCE = "procedural glyphs (NOT Omniglot)"

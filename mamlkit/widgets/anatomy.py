@@ -6,7 +6,7 @@ Finn, Abbeel, Levine (2017), Section 2.2 and 5.2. With θ' = θ − α ∇L_supp
                    = ∇L_query(θ')              the first-order term (all that FOMAML keeps)
                      − α ∇²L_support(θ) ∇L_query(θ')   the Hessian term (a Hessian-vector product)
 
-On the plane of a two-parameter model (`mamlkit.toy2d`) the three vectors are drawn from θ as descent
+On the plane of a two-parameter model (`mamlkit.widgets.toy2d`) the three vectors are drawn from θ as descent
 directions (−term), tip to tail: first-order term, then the Hessian term, adding up to the meta-gradient.
 Where the support loss is strongly curved the Hessian term is large and FOMAML's direction is off.
 `compute_anatomy` (in widgets_outer) is the plain function behind it.
@@ -20,8 +20,15 @@ import numpy as np
 import torch
 
 from . import toy2d
-from .widgets_canvas import Canvas, new_figure
-from .widgets_outer import TASK_COLORS, THETA0, _arrow, _plane_axes, _replace_contours, compute_anatomy
+from .canvas import Canvas, new_figure
+from .outer import (
+    TASK_COLORS,
+    THETA0,
+    arrow,
+    compute_anatomy,
+    plane_axes,
+    replace_contours,
+)
 
 ARROW_COLORS = {"first_order": "tab:blue", "hessian": "tab:orange", "total": "black"}
 ARROW_LENGTH = 0.3  # the longest arrow spans this fraction of the plot's width (the scale is printed)
@@ -39,12 +46,12 @@ def task_objective_grid(tasks: toy2d.TaskSet, inner_lr: float, task: int, n: int
 
 def new_anatomy_view(tasks: toy2d.TaskSet) -> dict:
     fig, (ax,) = new_figure(1, width=7.6, height=4.6)
-    _plane_axes(ax, tasks.family, "")
+    plane_axes(ax, tasks.family, "")
     for i, opt in enumerate(tasks.optima.tolist()):
         ax.plot(*opt, "*", color=TASK_COLORS[i], ms=12, mec="k", label=f"θ*{i + 1}")
     art = {"theta": ax.plot([], [], "o", color="k", ms=6, zorder=7, label="θ")[0],
            "adapted": ax.plot([], [], "s", color="0.4", ms=5, zorder=7, label="θ' = θ − α∇L_support(θ)")[0],
-           "arrows": {k: _arrow(ax, c, lw=2) for k, c in ARROW_COLORS.items()},
+           "arrows": {k: arrow(ax, c, lw=2) for k, c in ARROW_COLORS.items()},
            "title": ax.set_title(" \n ", fontsize=9)}
     for k, c in ARROW_COLORS.items():  # legend entries for the arrows
         ax.plot([], [], color=c, lw=2, label={"first_order": "−∇L_query(θ')  (first-order term)",
@@ -57,7 +64,7 @@ def new_anatomy_view(tasks: toy2d.TaskSet) -> dict:
 def draw_anatomy_background(view: dict, grid: dict) -> None:
     ax = view["axes"][0]
     levels = np.unique(np.quantile(grid["z"], np.linspace(0.01, 0.9, 12)))
-    _replace_contours(view, "objective", ax, grid["t1"], grid["t2"], grid["z"], levels=levels, cmap="viridis",
+    replace_contours(view, "objective", ax, grid["t1"], grid["t2"], grid["z"], levels=levels, cmap="viridis",
                       linewidths=0.8)
 
 

@@ -1,7 +1,7 @@
 """Reproduce the sinusoid table of the MAML paper (Finn et al. 2017, Appendix C.1 / Figure 2).
 
-    python -m mamlkit.reproduce_sinusoid                      # K=5 and K=10, 70,000 meta-iterations each
-    python -m mamlkit.reproduce_sinusoid --iterations 2000    # a quick look (minutes -> seconds)
+    python -m mamlkit.experiments.reproduce_sinusoid                      # K=5 and K=10, 70,000 meta-iterations each
+    python -m mamlkit.experiments.reproduce_sinusoid --iterations 2000    # a quick look (minutes -> seconds)
 
 Configuration, as the paper: MLP 1-40-40-1 (ReLU), MSE, one inner step with α = 0.01, Adam with β = 1e-3,
 meta-batch 25 tasks, K support and K query points per task, 70,000 meta-iterations. The "pretrained"
@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write_text, save_checkpoint, sha256
-from .evaluation import adaptation_curve, mean_ci95
+from ..checkpoint import atomic_write_text, save_checkpoint, sha256
+from ..evaluation import adaptation_curve, mean_ci95
+from ..paths import PACKAGE
+from ..trainer import MetaConfig, MetaLearner, train
 from .sinusoid import evaluation_tasks, make_mlp, sample_tasks, train_pretrained
-from .trainer import MetaConfig, MetaLearner, train
 
-PACKAGE = Path(__file__).resolve().parent
 PAPER = {  # Finn et al. 2017, App. C.1, K=5 (MSE after 1 / 5 / 10 gradient steps)
     5: {"maml": [0.67, 0.38, 0.35], "pretrained": [2.41, 2.23, 2.19]},
 }
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     rows = [run_one(k, args.iterations, args.seed, args.run_dir, args.weights_dir, not args.no_progress) for k in args.k_shot]
     wall = time.perf_counter() - t0
     report = {
-        "command": "python -m mamlkit.reproduce_sinusoid" + ("" if args.iterations == 70_000 else f" --iterations {args.iterations}"),
+        "command": "python -m mamlkit.experiments.reproduce_sinusoid" + ("" if args.iterations == 70_000 else f" --iterations {args.iterations}"),
         "wall_seconds": round(wall, 1),
         "hardware": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "torch": torch.__version__,

@@ -16,8 +16,17 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text, load_checkpoint, sha256
-from .fewshot import PAPER, RESULTS_JSON, FewShotConfig, _omniglot_split, evaluate_fewshot, export_weights, train_fewshot
+from ..checkpoint import atomic_write_text, load_checkpoint, sha256
+from ..paths import RESULTS
+from .fewshot import (
+    PAPER,
+    RESULTS_JSON,
+    FewShotConfig,
+    evaluate_fewshot,
+    export_weights,
+    omniglot_split,
+    train_fewshot,
+)
 
 SETTINGS = [(5, 1, False), (5, 1, True), (5, 5, False), (5, 5, True), (20, 1, False), (20, 1, True)]  # (n_way, k_shot, first_order)
 SHIP = {(5, 1, False), (5, 5, False), (20, 1, False)}  # the MAML checkpoints shipped in mamlkit/weights/
@@ -45,10 +54,10 @@ def hardware() -> dict:
 def run_results(runs_dir, *, json_path=RESULTS_JSON, ship: bool = True, tasks: int = 600, data_path=None,
                 progress: bool = True, command: str = "run_results()", **overrides) -> dict:
     """Train and evaluate the six settings one after another (resumable), write the JSON, return it."""
-    from .omniglot import rotate_classes
+    from ..data.omniglot import rotate_classes
 
     runs_dir = Path(runs_dir)
-    data, train_set, test_set = _omniglot_split(data_path, glyphs_fallback=False)  # real Omniglot only
+    data, train_set, test_set = omniglot_split(data_path, glyphs_fallback=False)  # real Omniglot only
     train_images = rotate_classes(train_set.images)  # (4 * train characters, 20, 28, 28)
     json_path = Path(json_path)
     previous = {r["name"]: r for r in json.loads(json_path.read_text())["runs"]} if json_path.is_file() else {}
@@ -106,7 +115,7 @@ def markdown_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-BF16_JSON = Path(__file__).parent / "results" / "bf16_accuracy.json"
+BF16_JSON = RESULTS / "bf16_accuracy.json"
 
 
 def run_bf16_check(runs_dir, *, json_path=BF16_JSON, tasks: int = 600, data_path=None, progress: bool = True,
@@ -117,10 +126,10 @@ def run_bf16_check(runs_dir, *, json_path=BF16_JSON, tasks: int = 600, data_path
     the cost of training in bfloat16. Resumable (one checkpoint per run in runs_dir); the JSON is
     written after each run.
     """
-    from .omniglot import rotate_classes
+    from ..data.omniglot import rotate_classes
 
     runs_dir = Path(runs_dir)
-    data, train_set, test_set = _omniglot_split(data_path, glyphs_fallback=False)  # real Omniglot only
+    data, train_set, test_set = omniglot_split(data_path, glyphs_fallback=False)  # real Omniglot only
     train_images = rotate_classes(train_set.images)  # (4 * train characters, 20, 28, 28)
     results = []
     for bf16 in (False, True):

@@ -16,7 +16,7 @@ generator state gives the same batch: a resumed training run sees the tasks it w
 Sampling is vectorized: a random permutation is the sort order of uniform random numbers, so one
 `topk` picks the classes of all B tasks and one more picks the examples of all B·n_way classes;
 advanced indexing then gathers every image in one call. There is no Python loop over tasks or images
-(`python -m mamlkit.episodes` prints the measured tasks/s).
+(`python -m mamlkit.data.episodes` prints the measured tasks/s).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class EpisodeSampler:
 
     Arguments:
         images: uint8 tensor (classes, examples_per_class, height, width), strokes 255 on background 0
-            (what `mamlkit.omniglot.load_omniglot` returns; 28x28 for Omniglot). It may live on a GPU:
+            (what `mamlkit.data.omniglot.load_omniglot` returns; 28x28 for Omniglot). It may live on a GPU:
             indices are drawn on the CPU and the images are gathered where they are.
         n_way: classes per task (≤ classes).
         k_shot: support images per class.
@@ -81,7 +81,7 @@ class EpisodeSampler:
         if images.dtype != torch.uint8:
             raise TypeError(
                 f"images: expected dtype torch.uint8 (0..255, strokes 255), got {images.dtype}; "
-                f"convert with mamlkit.preprocess.preprocess or (x * 255).round().to(torch.uint8)"
+                f"convert with mamlkit.data.preprocess.preprocess or (x * 255).round().to(torch.uint8)"
             )
         if images.ndim != 4:
             raise ValueError(

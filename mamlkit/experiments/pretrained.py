@@ -1,21 +1,20 @@
 """Trained weights shipped with the course, so notebooks show full-quality results on a CPU in seconds.
 
 `load_sinusoid(k_shot)` returns the MAML-trained and the "pretrained"-baseline MLPs made by
-`python -m mamlkit.reproduce_sinusoid` (Finn et al. 2017, Section 5.1: 70,000 meta-iterations,
+`python -m mamlkit.experiments.reproduce_sinusoid` (Finn et al. 2017, Section 5.1: 70,000 meta-iterations,
 α = 0.01, β = 1e-3, meta-batch 25). Each file's SHA-256 is recorded in results/sinusoid.json and
 checked on load: a file that does not match is refused, never silently used.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import load_checkpoint, sha256
+from ..checkpoint import load_checkpoint, sha256
+from ..paths import PACKAGE
 from .sinusoid import make_mlp
 
-PACKAGE = Path(__file__).resolve().parent
 WEIGHTS = PACKAGE / "weights"
 RESULTS = PACKAGE / "results"
 
@@ -25,7 +24,7 @@ def _expected_sha256(name: str, results_file: str) -> str:
     for row in report["rows"]:
         if row.get("weights") == name:
             return row["sha256"]
-    raise FileNotFoundError(f"{results_file} records no checksum for {name}; run python -m mamlkit.reproduce_sinusoid")
+    raise FileNotFoundError(f"{results_file} records no checksum for {name}; run python -m mamlkit.experiments.reproduce_sinusoid")
 
 
 def load_sinusoid(k_shot: int = 10) -> tuple[nn.Module, nn.Module]:

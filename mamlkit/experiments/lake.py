@@ -33,7 +33,7 @@ on other alphabets, so the comparison is indicative, not exact.
 
     make_runs(path)                          the runs: alphabet, 20 characters, two drawers, raw PNGs
     evaluate_within_alphabet(classifier)     the mean error of a 20-way classifier over the runs
-    python -m mamlkit.lake CHECKPOINT        the same from the command line, as a markdown table
+    python -m mamlkit.experiments.lake CHECKPOINT        the same from the command line, as a markdown table
 
 The runs read the RAW PNG files (105x105, 1-bit), not the processed 28x28 cache, and hand them to
 `classifier.classify` as PIL images: the path a learner's own scans take, preprocessing included.
@@ -52,16 +52,16 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
-from .evaluation import mean_ci95
-from .omniglot import (
-    _CHARACTER,
-    _IMAGE,
+from ..checkpoint import atomic_write_text
+from ..data.omniglot import (
+    CHARACTER_PATTERN,
+    IMAGE_PATTERN,
     LAYOUT,
     TEST_ALPHABETS,
-    _sources,
     find_omniglot,
+    source_files,
 )
+from ..evaluation import mean_ci95
 
 WAYS = 20  # characters per run: the test is 20-way, one shot
 
@@ -98,7 +98,7 @@ def _catalogue(root: Path) -> dict[str, dict[str, dict[int, tuple[Path, str]]]]:
     first, as `omniglot.load_omniglot` does, so it is never counted twice.
     """
     catalogue: dict[str, dict[str, dict[int, tuple[Path, str]]]] = {}
-    for source in _sources(root):
+    for source in source_files(root):
         if source.is_file():
             try:
                 with zipfile.ZipFile(source) as z:
@@ -112,8 +112,8 @@ def _catalogue(root: Path) -> dict[str, dict[str, dict[int, tuple[Path, str]]]]:
             parts = m.split("/")
             if parts[0] == "__MACOSX" or parts[-1].startswith(".") or not parts[-1].endswith(".png"):
                 continue  # macOS resource forks, hidden files, READMEs
-            drawer = _IMAGE.fullmatch(parts[-1])
-            if len(parts) < 3 or not _CHARACTER.fullmatch(parts[-2]) or drawer is None:
+            drawer = IMAGE_PATTERN.fullmatch(parts[-1])
+            if len(parts) < 3 or not CHARACTER_PATTERN.fullmatch(parts[-2]) or drawer is None:
                 raise ValueError(f"{source}: {m} is not in Omniglot's layout; expected {LAYOUT}")
             drawers = found.setdefault(parts[-3], {}).setdefault(parts[-2], {})
             d = int(drawer.group(1))
@@ -363,7 +363,7 @@ def markdown_table(result: dict | None = None, *, name: str = "this model") -> s
     if result is not None:
         ci = "" if result["ci95"] is None else f" ± {result['ci95']:.1f}"
         lines.append(f"| **{name}** | mamlkit meta-training | **{result['error']:.1f}{ci}** ({result['runs']} runs, "
-                     f"{', '.join(result['alphabets'])}) | `python -m mamlkit.lake`, seed {result['seed']} |")
+                     f"{', '.join(result['alphabets'])}) | `python -m mamlkit.experiments.lake`, seed {result['seed']} |")
     for b in BASELINES:
         lines.append(f"| {b['method']} | {b['background']} | {b['error']:.1f} | {b['source']} |")
     return "\n".join(lines)
@@ -388,7 +388,7 @@ def _held_out_note(classifier, alphabets) -> str | None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m mamlkit.lake", allow_abbrev=False,  # --run is not --runs: a typo is an error
+        prog="python -m mamlkit.experiments.lake", allow_abbrev=False,  # --run is not --runs: a typo is an error
         description="The 20-way within-alphabet one-shot test of Lake et al. (2015) on held-out alphabets: "
                     "error of a 20-way checkpoint beside the published baselines, as a markdown table.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
@@ -403,7 +403,7 @@ def main(argv=None) -> None:
                         help=f"alphabets to draw the runs from (default {' '.join(TEST_ALPHABETS)}, the ones the "
                              f"'alphabets' split holds out of meta-training)")
     parser.add_argument("--data", default=None, metavar="PATH",
-                        help="Omniglot zips or folders (default: found automatically, see mamlkit.omniglot.find_omniglot)")
+                        help="Omniglot zips or folders (default: found automatically, see mamlkit.data.omniglot.find_omniglot)")
     parser.add_argument("--json", default=None, metavar="OUT",
                         help="also write the result as JSON to OUT, atomically (default: no file)")
     args = parser.parse_args(argv)
@@ -422,7 +422,7 @@ def main(argv=None) -> None:
         if args.json is not None:
             atomic_write_text(json.dumps(out, indent=2) + "\n", args.json)
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:  # one line, never a traceback
-        raise SystemExit(f"python -m mamlkit.lake: error: {' '.join(str(e).split())}") from None
+        raise SystemExit(f"python -m mamlkit.experiments.lake: error: {' '.join(str(e).split())}") from None
     print("## 20-way within-alphabet one-shot classification (Lake et al. 2015)\n")
     print(markdown_table(result, name=os.path.basename(str(args.checkpoint))))
     print("\nper alphabet: " + ", ".join(f"{a} {_pct(v['error'])}% ({v['runs']} runs)"

@@ -29,15 +29,16 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import atomic_save
+from ..checkpoint import atomic_save
+from ..paths import PACKAGE
+from ..progress import progress_bar
+from .characters import RAW_SIZE, OmniglotData  # noqa: F401  (OmniglotData is part of this module's API)
 from .preprocess import SIZE, preprocess  # preprocess is part of this module's API too
-from .progress import progress_bar
 
 SETS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}.zip"
@@ -55,36 +56,11 @@ MD5 = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
-DRAWERS, RAW_SIZE = 20, 105  # drawers per character, side of the official images
+DRAWERS = 20  # drawers per character
 CACHE_FORMAT = "mamlkit-omniglot-v1"  # change it when preprocessing changes: old caches then rebuild
-_CHARACTER = re.compile(r"character\d+")
-_IMAGE = re.compile(r"\d+_(\d+)\.png")
+CHARACTER_PATTERN = re.compile(r"character\d+")
+IMAGE_PATTERN = re.compile(r"\d+_(\d+)\.png")
 LAYOUT = "<set>/<Alphabet>/characterNN/<id>_<drawer>.png (e.g. images_background/Greek/character01/0394_01.png)"
-
-
-@dataclass
-class OmniglotData:
-    """A character data set: images (characters, drawers, 28, 28) uint8, strokes 255 on background 0."""
-
-    images: torch.Tensor  # (characters, drawers, 28, 28) uint8
-    names: list[str]  # "Alphabet/characterNN", one per character
-    source: str  # where the images came from, in words
-    from_cache: bool = False  # True when load_omniglot read the processed tensor file, not the images
-
-    def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or len(self.names) != len(self.images):
-            raise ValueError(
-                f"images, names: expected uint8 (characters, drawers, H, W) and one name per character, got "
-                f"{self.images.dtype} {tuple(self.images.shape)} and {len(self.names)} names"
-            )
-
-    @property
-    def alphabets(self) -> list[str]:
-        return sorted({n.split("/")[0] for n in self.names})
-
-    def __repr__(self) -> str:
-        c, d = self.images.shape[:2]
-        return f"OmniglotData({c} characters x {d} drawers, {len(self.alphabets)} alphabets, source={self.source!r})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,10 +77,10 @@ def cache_root() -> Path:
 
 def shared_dir() -> Path:
     """../shared/omniglot next to the repository (mamlkit/ sits in the repository root)."""
-    return Path(__file__).resolve().parents[2] / "shared" / "omniglot"
+    return PACKAGE.parents[1] / "shared" / "omniglot"  # a documented fallback for a source checkout (paths.py)
 
 
-def _sources(path: Path) -> list[Path]:
+def source_files(path: Path) -> list[Path]:
     """The Omniglot zips / extracted set folders that `path` holds (a zip, a set folder, or a folder of them)."""
     if path.is_file():
         return [path]
@@ -116,7 +92,7 @@ def _sources(path: Path) -> list[Path]:
             found.append(path / f"{name}.zip")
         elif (path / name).is_dir():
             found.append(path / name)
-    if not found and any(_CHARACTER.fullmatch(p.name) for p in path.glob("*/*") if p.is_dir()):
+    if not found and any(CHARACTER_PATTERN.fullmatch(p.name) for p in path.glob("*/*") if p.is_dir()):
         found.append(path)  # an extracted set folder with a custom name: <path>/<Alphabet>/characterNN/
     return found
 
@@ -128,7 +104,7 @@ def _not_found_message(looked: list[str]) -> str:
         "images_background_small1.zip and images_background_small2.zip (a 242-character subset), from "
         "https://github.com/brendenlake/omniglot/tree/master/python, into one of these folders (or their "
         "extracted folders), or set the environment variable MAMLKIT_DATA to the folder that holds them, "
-        "or run `python -m mamlkit.omniglot --download` where there is internet."
+        "or run `python -m mamlkit.data.omniglot --download` where there is internet."
     )
 
 
@@ -149,7 +125,7 @@ def find_omniglot(path: str | os.PathLike | None = None) -> Path:
         p = Path(given).expanduser()
         if not p.exists():
             raise FileNotFoundError(f"{what}: {p} does not exist. " + _not_found_message([f"{what}: {p}"]))
-        if not _sources(p):
+        if not source_files(p):
             raise ValueError(
                 f"{what}: {p} is not in Omniglot's layout: expected one of "
                 f"{', '.join(s + '.zip' for s in SETS)} (or their extracted folders) inside it, or {LAYOUT}"
@@ -157,7 +133,7 @@ def find_omniglot(path: str | os.PathLike | None = None) -> Path:
         return p
     looked = ["path argument: not given", "MAMLKIT_DATA: not set"]
     for p in (shared_dir(), cache_root() / "omniglot"):
-        if _sources(p):
+        if source_files(p):
             return p
         looked.append(f"{p} ({'no Omniglot zips in it' if p.exists() else 'absent'})")
     raise FileNotFoundError(_not_found_message(looked))
@@ -253,8 +229,8 @@ class _Source:
             parts = m.split("/")
             if parts[0] == "__MACOSX" or parts[-1].startswith(".") or not parts[-1].endswith(".png"):
                 continue  # macOS resource forks, hidden files, READMEs
-            drawer = _IMAGE.fullmatch(parts[-1])
-            if len(parts) < 3 or not _CHARACTER.fullmatch(parts[-2]) or drawer is None:
+            drawer = IMAGE_PATTERN.fullmatch(parts[-1])
+            if len(parts) < 3 or not CHARACTER_PATTERN.fullmatch(parts[-2]) or drawer is None:
                 raise ValueError(f"{path}: {m} is not in Omniglot's layout; expected {LAYOUT}")
             self.characters.setdefault(f"{parts[-3]}/{parts[-2]}", []).append((int(drawer.group(1)), m))
         if not self.characters:
@@ -323,7 +299,7 @@ def load_omniglot(path: str | os.PathLike | None = None, *, cache_dir: str | os.
     shape, or made from other files is rebuilt, never trusted. `.from_cache` says which happened.
     """
     root = find_omniglot(path)
-    sources = _sources(root)
+    sources = source_files(root)
     fingerprint = _fingerprint(sources)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "processed"
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]  # one cache file per data folder
@@ -423,7 +399,7 @@ def load_omniglot_or_glyphs(path: str | os.PathLike | None = None, *, cache_dir=
     """`load_omniglot(path)`, or, when no Omniglot is found anywhere, procedural glyphs with a warning.
 
     Only a search that finds nothing falls back: an explicit `path` or MAMLKIT_DATA that is wrong
-    still raises. `characters` and `seed` are the glyph set's (`mamlkit.glyphs.make_glyphs`).
+    still raises. `characters` and `seed` are the glyph set's (`mamlkit.data.glyphs.make_glyphs`).
     """
     try:
         return load_omniglot(path, cache_dir=cache_dir)
@@ -439,14 +415,27 @@ def load_omniglot_or_glyphs(path: str | os.PathLike | None = None, *, cache_dir=
         return make_glyphs(characters=characters, seed=seed)
 
 
-if __name__ == "__main__":
-    import sys
-
+def main(argv=None) -> None:
+    """`python -m mamlkit.data.omniglot [--download] [--data PATH]`: find (or download) and load Omniglot."""
+    import argparse
     import time
 
-    if "--download" in sys.argv:
-        print("downloaded to", download_omniglot())
-    start = time.perf_counter()
-    data = load_omniglot()
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.data.omniglot", allow_abbrev=False,
+                                     description="Find Omniglot, load it into the processed cache, report the time.")
+    parser.add_argument("--download", action="store_true",
+                        help="first download images_background and images_evaluation to the cache (default off)")
+    parser.add_argument("--data", default=None, help="an Omniglot zip or folder (default: found automatically)")
+    args = parser.parse_args(argv)
+    try:
+        if args.download:
+            print("downloaded to", download_omniglot())
+        start = time.perf_counter()
+        data = load_omniglot(args.data)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise SystemExit(f"python -m mamlkit.data.omniglot: error: {' '.join(str(e).split())}") from e
     print(data, f"loaded in {time.perf_counter() - start:.2f} s", "from the processed cache" if data.from_cache
           else "from the images (now cached)")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import torch
 from dataclasses import fields
 
+import torch
+
+from ..models.conv4 import DOWNSAMPLES
 from . import fewshot
-from .conv4 import DOWNSAMPLES
-from .fewshot import PAPER, RESULTS_JSON, FewShotClassifier, FewShotConfig, evaluate_fewshot, train_fewshot
+from .fewshot import (
+    PAPER,
+    RESULTS_JSON,
+    FewShotClassifier,
+    FewShotConfig,
+    evaluate_fewshot,
+    train_fewshot,
+)
 
 
 def main(argv=None) -> None:
@@ -91,9 +98,9 @@ def _run_command(args, argv) -> None:
             torch.set_num_threads(args.threads)
         data = None
         if args.data is not None:
-            from .omniglot import rotate_classes
+            from ..data.omniglot import rotate_classes
 
-            data = rotate_classes(fewshot._omniglot_split(args.data, split=config.split)[1].images)
+            data = rotate_classes(fewshot.omniglot_split(args.data, split=config.split)[1].images)
         learner, log = train_fewshot(config, checkpoint_path=args.out, data=data, snapshots=args.snapshots,
                                      checkpoint_every=args.checkpoint_every)
         print(f"{config.name}: {learner.step} meta-steps, last logged meta-loss {log[-1]['meta_loss']:.4f}, "
@@ -101,7 +108,7 @@ def _run_command(args, argv) -> None:
     elif args.command == "evaluate":
         classifier = FewShotClassifier.from_checkpoint(args.path)
         c = classifier.config
-        _, _, test_set = fewshot._omniglot_split(args.data, split=c.split)
+        _, _, test_set = fewshot.omniglot_split(args.data, split=c.split)
         steps = c.test_steps if args.steps is None else args.steps
         accuracy, ci95 = evaluate_fewshot(classifier, test_set.images, n_way=c.n_way, k_shot=c.k_shot,
                                           tasks=args.tasks, steps=steps, seed=args.seed)
@@ -116,10 +123,17 @@ def _run_command(args, argv) -> None:
                                command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]))
         print(f"bf16 - float32: {table['bf16_minus_fp32_points']:+.2f} accuracy points")
     else:
-        from .fewshot_results import markdown_table, run_results  # the results table lives in its own module
+        from .fewshot_results import (  # the results table lives in its own module
+            markdown_table,
+            run_results,
+        )
 
         table = run_results(args.runs_dir, json_path=args.json, ship=not args.no_ship, tasks=args.tasks,
                             data_path=args.data, iterations=args.iterations, width=args.width,
                             command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]),
                             meta_batch_size=args.meta_batch_size)
         print(markdown_table(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """OuterLoopExplorer and MetaGradientAnatomy: the outer loop and the meta-gradient on a plane of θ.
 
 Finn, Abbeel, Levine (2017) (MAML; FOMAML, Section 5.2); Nichol, Achiam, Schulman (2018) (Reptile).
-The model has two parameters (`mamlkit.toy2d`), so θ is a point and every quantity can be drawn:
+The model has two parameters (`mamlkit.widgets.toy2d`), so θ is a point and every quantity can be drawn:
 
     OuterLoopExplorer     each task's loss L_Tᵢ(θ; support) (contours), the objective before adaptation
                           1/B Σᵢ L_Tᵢ(θ; query) and the meta-objective after the inner steps
@@ -25,7 +25,7 @@ import torch
 from matplotlib.patches import FancyArrowPatch
 
 from . import toy2d
-from .widgets_canvas import Canvas, new_figure
+from .canvas import Canvas, new_figure
 
 TASK_COLORS = ["tab:orange", "tab:green", "tab:purple", "tab:brown"]
 ALGORITHM_COLORS = {"MAML": "tab:red", "FOMAML": "tab:blue", "Reptile": "tab:gray"}
@@ -96,19 +96,19 @@ def compute_anatomy(tasks: toy2d.TaskSet, theta, inner_lr: float, task: int) -> 
 # shared drawing helpers
 
 
-def _arrow(ax, color, lw=1.5) -> FancyArrowPatch:
+def arrow(ax, color, lw=1.5) -> FancyArrowPatch:
     a = FancyArrowPatch((0, 0), (0, 0), arrowstyle="-|>", mutation_scale=12, color=color, lw=lw, zorder=6)
     ax.add_patch(a)
     return a
 
 
-def _plane_axes(ax, family: str, title: str) -> None:
+def plane_axes(ax, family: str, title: str) -> None:
     (a0, a1), (b0, b1) = toy2d.EXTENT[family]
     n1, n2 = toy2d.PARAM_NAMES[family]
     ax.set(xlim=(a0, a1), ylim=(b0, b1), xlabel=f"θ₁ = {n1}", ylabel=f"θ₂ = {n2}", title=title)
 
 
-def _replace_contours(view: dict, key: str, ax, *args, **kw) -> None:
+def replace_contours(view: dict, key: str, ax, *args, **kw) -> None:
     old = view["contours"].pop(key, None)
     if old is not None:
         old.remove()
@@ -122,8 +122,8 @@ def _replace_contours(view: dict, key: str, ax, *args, **kw) -> None:
 def new_outer_view(tasks: toy2d.TaskSet, max_iterations: int) -> dict:
     fig, (ax_tasks, ax_meta, ax_loss) = new_figure(3, width=3.9, height=3.6)
     fam = tasks.family
-    _plane_axes(ax_tasks, fam, "task losses L_Tᵢ(θ; support)\n")
-    _plane_axes(ax_meta, fam, "before (dashed) / after inner steps\n")
+    plane_axes(ax_tasks, fam, "task losses L_Tᵢ(θ; support)\n")
+    plane_axes(ax_meta, fam, "before (dashed) / after inner steps\n")
     art = {"paths": {}, "theta": {}, "arrows": []}
     for i, opt in enumerate(tasks.optima.tolist()):
         ax_tasks.plot(*opt, "*", color=TASK_COLORS[i], ms=12, mec="k", label=f"θ*{i + 1} (task {i + 1})")
@@ -131,7 +131,7 @@ def new_outer_view(tasks: toy2d.TaskSet, max_iterations: int) -> dict:
         for alg, c in ALGORITHM_COLORS.items():
             art["paths"][(alg, ax)] = ax.plot([], [], ".-", color=c, ms=3)[0]
         art["theta"][ax] = ax.plot([], [], "o", color="k", ms=6, zorder=7)[0]
-    art["arrows"] = [_arrow(ax_tasks, TASK_COLORS[i]) for i in range(tasks.n_tasks)]
+    art["arrows"] = [arrow(ax_tasks, TASK_COLORS[i]) for i in range(tasks.n_tasks)]
     art["title"] = fig.suptitle(" ", fontsize=9)
     art["curves"] = {alg: ax_loss.plot([], [], color=c, label=alg)[0] for alg, c in ALGORITHM_COLORS.items()}
     ax_loss.set(xlim=(0, max_iterations), xlabel="outer iteration", ylabel="L_meta(θ)",
@@ -147,12 +147,12 @@ def draw_outer_background(view: dict, grids: dict, theta0) -> None:
     t1, t2 = grids["t1"], grids["t2"]
     for i, z in enumerate(grids["task"]):
         levels = np.quantile(z, [0.02, 0.08, 0.2, 0.4])  # a few rings around each task's optimum
-        _replace_contours(view, f"task{i}", ax_tasks, t1, t2, z, levels=np.unique(levels), colors=TASK_COLORS[i],
+        replace_contours(view, f"task{i}", ax_tasks, t1, t2, z, levels=np.unique(levels), colors=TASK_COLORS[i],
                           linewidths=0.8, alpha=0.8)
     levels = np.unique(np.quantile(grids["after"], np.linspace(0.01, 0.9, 12)))
-    _replace_contours(view, "before", ax_meta, t1, t2, grids["before"], levels=8, colors="0.6",
+    replace_contours(view, "before", ax_meta, t1, t2, grids["before"], levels=8, colors="0.6",
                       linestyles="dashed", linewidths=0.7)
-    _replace_contours(view, "after", ax_meta, t1, t2, grids["after"], levels=levels, cmap="viridis", linewidths=1)
+    replace_contours(view, "after", ax_meta, t1, t2, grids["after"], levels=levels, cmap="viridis", linewidths=1)
     # the loss axis: from 0 to a little above L_meta(θ₀), where every path starts
     tasks = view["tasks"]
     start = toy2d.meta_objective(toy2d.make_model(tasks.family), torch.tensor([theta0], dtype=torch.float32), tasks,

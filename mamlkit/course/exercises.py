@@ -5,8 +5,8 @@ Adaptation of Deep Networks") by having the learner write its pieces. Each noteb
 with its answers, in `solutions/NN_name.ipynb`; the learner's copy `notebooks/NN_name.ipynb` is
 generated from it:
 
-    python -m mamlkit.exercises            # write notebooks/ (and tidy solutions/ in place)
-    python -m mamlkit.exercises --check    # write nothing; exit 1 listing the files that differ
+    python -m mamlkit.course.exercises            # write notebooks/ (and tidy solutions/ in place)
+    python -m mamlkit.course.exercises --check    # write nothing; exit 1 listing the files that differ
 
 The markers are nbgrader's, so the same solutions also work with nbgrader:
 
@@ -43,6 +43,8 @@ from typing import Callable, Iterable
 
 import nbformat
 
+from ..paths import PACKAGE
+
 BEGIN_SOLUTION = "### BEGIN SOLUTION"
 END_SOLUTION = "### END SOLUTION"
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
@@ -51,7 +53,7 @@ END_ANSWER = "<!-- END SOLUTION -->"
 ANSWER_STUB = "YOUR ANSWER HERE"
 NBVAL_TAG = "nbval-ignore-output"
 
-REPO = Path(__file__).resolve().parents[1]  # the repository root: mamlkit/ sits directly in it
+REPO = PACKAGE.parent  # the repository root of a source checkout: solutions/ and notebooks/ (paths.py)
 
 
 class ExerciseError(AssertionError):
@@ -261,7 +263,7 @@ def plan(root: str | Path = REPO) -> dict[Path, str | None]:
 
 
 def differing(root: str | Path = REPO) -> list[Path]:
-    """The files that `python -m mamlkit.exercises` would change (write, rewrite or delete)."""
+    """The files that `python -m mamlkit.course.exercises` would change (write, rewrite or delete)."""
     out = []
     for path, text in plan(root).items():
         current = path.read_text(encoding="utf-8") if path.is_file() else None
@@ -285,7 +287,7 @@ def generate(root: str | Path = REPO) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mamlkit.exercises", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.course.exercises", description=__doc__.split("\n\n")[1])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 listing the files that differ")
     parser.add_argument("--root", default=str(REPO), help="the repository root (default: the one holding mamlkit/)")
     args = parser.parse_args(argv)
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in stale:
                 print(f"out of date: {path.relative_to(root)}")
             if stale:
-                print("run `python -m mamlkit.exercises` to regenerate them", file=sys.stderr)
+                print("run `python -m mamlkit.course.exercises` to regenerate them", file=sys.stderr)
             return 1 if stale else 0
         changed = generate(root)
     except MarkerError as e:

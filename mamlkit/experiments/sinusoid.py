@@ -119,7 +119,7 @@ def train_pretrained(
     Each iteration samples `batch_tasks` tasks with `points` points each and takes one Adam step on
     the MSE over all of them. Returns the loss curve. The model is trained in place.
     """
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -47,7 +47,6 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-
 DOWNSAMPLES = ("maxpool", "stride")
 
 

@@ -24,10 +24,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .maml import adapt
-from .sinusoid import AMPLITUDE, PHASE, X_RANGE, make_mlp, sample_tasks, sine, train_pretrained
-from .trainer import MetaConfig, MetaLearner, train
-from .widgets_canvas import Canvas, new_figure
+from ..experiments.sinusoid import (
+    AMPLITUDE,
+    PHASE,
+    X_RANGE,
+    make_mlp,
+    sample_tasks,
+    sine,
+    train_pretrained,
+)
+from ..maml import adapt
+from ..trainer import MetaConfig, MetaLearner, train
+from .canvas import Canvas, new_figure
 
 GRID_POINTS = 200  # the dense query set: where the curves are drawn and the query loss is measured
 COLORS = {"MAML": "tab:red", "pretrained": "tab:blue"}
@@ -67,11 +75,11 @@ def _train_quick_models(meta_steps: int, seed: int) -> dict[str, nn.Module]:
 def course_models(k_shot: int = 10) -> tuple[dict[str, nn.Module], str]:
     """({"MAML": ..., "pretrained": ...}, a label saying where they come from).
 
-    The course's trained checkpoint (`mamlkit.pretrained.load_sinusoid`) when it is there, else
+    The course's trained checkpoint (`mamlkit.experiments.pretrained.load_sinusoid`) when it is there, else
     `quick_models()`, labelled as such.
     """
     try:
-        from .pretrained import load_sinusoid
+        from ..experiments.pretrained import load_sinusoid
 
         maml, pretrained = load_sinusoid(k_shot=k_shot)
         return {"MAML": maml, "pretrained": pretrained}, f"course checkpoint (K={k_shot})"

@@ -32,11 +32,22 @@ from pathlib import Path
 
 import torch
 
-from .bench_setup import (Problem, conv4_problem, count_gflop, higher_available, make_meta_step, matmul_gflops,
-                          median, peak_memory_mb, sinusoid_problem, time_interleaved, trainer_memory)
-from .maml import choose_batching
+from ..maml import choose_batching
+from ..paths import RESULTS
+from .problems import (
+    Problem,
+    conv4_problem,
+    count_gflop,
+    higher_available,
+    make_meta_step,
+    matmul_gflops,
+    median,
+    peak_memory_mb,
+    sinusoid_problem,
+    time_interleaved,
+    trainer_memory,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ORDERS = {"second": False, "first": True}  # order name -> first_order
 COLUMNS = ["section", "problem", "method", "order", "meta_batch_size", "inner_steps", "width", "reps", "ms_median",
            "ms_min", "peak_mb", "gflop", "gflops_per_s", "device", "threads"]
