@@ -1,8 +1,10 @@
 """The command line of `python -m mamlkit.fewshot`: train, evaluate, results, bf16 (see fewshot.py).
 
 Finn, Abbeel, Levine (2017), Section 5.2: each subcommand is a thin layer over fewshot.py and
-fewshot_results.py, and turns their ValueError / TypeError / FileNotFoundError / FloatingPointError into
-a one-line message instead of a traceback.
+fewshot_results.py. Bad option values are argparse errors (mamlkit.cli's checked types, exit status 2);
+the ValueError / TypeError / FileNotFoundError / FloatingPointError of the code below become a one-line
+message instead of a traceback. `results` and `bf16` write into the runs folder; only `--ship` replaces
+the shipped files in mamlkit/weights/ and mamlkit/results/ (fewshot_results.py).
 """
 from __future__ import annotations
 
@@ -12,39 +14,44 @@ from dataclasses import fields
 
 import torch
 
+from ..cli import device, int_at_least, nonnegative_int, positive_float, positive_int
 from ..models.conv4 import DOWNSAMPLES
 from . import fewshot
 from .fewshot import (
     PAPER,
-    RESULTS_JSON,
     FewShotClassifier,
     FewShotConfig,
     evaluate_fewshot,
     train_fewshot,
 )
 
+PROG = "python -m mamlkit.fewshot"
+RUNS_DIR = "runs/omniglot"  # fewshot_results.RUNS_DIR, without importing that module at start-up
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mamlkit.fewshot", description=fewshot.__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="meta-train Conv4 (resumes from --out if it exists)",
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m mamlkit.fewshot` and its four subcommands."""
+    parser = argparse.ArgumentParser(prog=PROG, description=fewshot.__doc__.split("\n")[0], allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,results,bf16}")
+    t = sub.add_parser("train", help="meta-train Conv4 (resumes from --out if it exists)", allow_abbrev=False,
                        description="Meta-train Conv4 on Omniglot tasks; run the same command again to resume. "
                                    "Options left unset take FewShotConfig's defaults (the paper's for this n_way).")
-    t.add_argument("--n-way", type=int, default=5, help="classes per task N (default 5)")
-    t.add_argument("--k-shot", type=int, default=1, help="support images per class K (default 1)")
-    t.add_argument("--first-order", action="store_true", help="FOMAML instead of MAML")
-    t.add_argument("--iterations", type=int, required=True, help="meta-steps to reach (the paper: 60000)")
-    t.add_argument("--out", required=True, help="checkpoint path (resumed if it exists)")
+    t.add_argument("--n-way", type=int_at_least(2), default=5, help="classes per task N, at least 2 (default 5)")
+    t.add_argument("--k-shot", type=positive_int, default=1, help="support images per class K (default 1)")
+    t.add_argument("--first-order", action="store_true", help="FOMAML instead of MAML (default off: MAML)")
+    t.add_argument("--iterations", type=positive_int, required=True,
+                   help="meta-steps to reach (required; the paper: 60000)")
+    t.add_argument("--out", required=True, help="checkpoint path, resumed if it exists (required)")
     for flag, kind, text in (
-            ("--q-query", int, "query images per class in training tasks (default 15)"),
-            ("--meta-batch-size", int, "tasks per meta-step (default 32 for 5-way, 16 for 20-way)"),
-            ("--inner-lr", float, "α, the inner step size (default 0.4 for 5-way, 0.1 for 20-way)"),
-            ("--inner-steps", int, "inner steps in training (default 1 for 5-way, 5 for 20-way)"),
-            ("--test-steps", int, "inner steps at test time (default 3 for 5-way, 5 for 20-way)"),
-            ("--meta-lr", float, "β, Adam's step size on θ (default 0.001)"),
-            ("--width", int, "Conv4 filters per layer (default 64)"),
-            ("--seed", int, "seed of the initialization and the task stream (default 0)"),
-            ("--first-order-steps", int, "the first meta-steps are first order, then MAML (default 0)")):
+            ("--q-query", positive_int, "query images per class in training tasks (default 15)"),
+            ("--meta-batch-size", positive_int, "tasks per meta-step (default 32 for 5-way, 16 for 20-way)"),
+            ("--inner-lr", positive_float, "α, the inner step size (default 0.4 for 5-way, 0.1 for 20-way)"),
+            ("--inner-steps", nonnegative_int, "inner steps in training (default 1 for 5-way, 5 for 20-way)"),
+            ("--test-steps", positive_int, "inner steps at test time (default 3 for 5-way, 5 for 20-way)"),
+            ("--meta-lr", positive_float, "β, Adam's step size on θ (default 0.001)"),
+            ("--width", positive_int, "Conv4 filters per layer (default 64)"),
+            ("--seed", nonnegative_int, "seed of the initialization and the task stream (default 0)"),
+            ("--first-order-steps", nonnegative_int, "the first meta-steps are first order, then MAML (default 0)")):
         t.add_argument(flag, type=kind, default=None, help=text)
     t.add_argument("--downsample", choices=DOWNSAMPLES, default=None, help="max-pool or stride-2 convolutions "
                    "(default maxpool; the paper's Omniglot net is stride)")
@@ -54,42 +61,73 @@ def main(argv=None) -> None:
                    help="random affine distortions of the training images (default off)")
     t.add_argument("--meta-lr-schedule", choices=("constant", "cosine"), default=None,
                    help="β over the run (default constant)")
-    t.add_argument("--device", default=None, help="cpu, cuda, mps (default cpu)")
+    t.add_argument("--device", type=device, default=None,
+                   help="cpu, cuda, cuda:N or mps, one this machine has (default cpu)")
     t.add_argument("--bf16", action="store_true", default=None, help="meta-train under bf16 autocast (default off)")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="meta-steps between checkpoints (default 500)")
+    t.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--checkpoint-every", type=positive_int, default=500,
+                   help="meta-steps between checkpoints (default 500)")
     t.add_argument("--snapshots", action="store_true",
                    help="keep θ at every checkpoint in OUT.snapshots/ for a learning curve (default off)")
     t.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
-    e = sub.add_parser("evaluate", help="accuracy on 600 test tasks with a 95%% confidence interval")
-    e.add_argument("path")
-    e.add_argument("--tasks", type=int, default=600)
-    e.add_argument("--steps", type=int, default=None)
-    e.add_argument("--seed", type=int, default=1)
-    e.add_argument("--data", default=None)
-    r = sub.add_parser("results", help="train and evaluate the six settings on this CPU; write the JSON table")
-    r.add_argument("--runs-dir", default="omniglot_runs", help="where the full checkpoints go (not shipped)")
-    r.add_argument("--json", default=str(RESULTS_JSON))
-    r.add_argument("--no-ship", action="store_true", help="do not copy MAML checkpoints into mamlkit/weights/")
-    r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--width", type=int, default=None)
-    r.add_argument("--meta-batch-size", type=int, default=None)
-    r.add_argument("--tasks", type=int, default=600)
-    r.add_argument("--data", default=None)
-    b = sub.add_parser("bf16", help="5-way 1-shot MAML trained in float32 and in bf16 autocast: the accuracy cost")
-    b.add_argument("--runs-dir", default="omniglot_runs")
-    b.add_argument("--json", default=None, help="default: mamlkit/results/bf16_accuracy.json")
-    b.add_argument("--iterations", type=int, default=None)
-    b.add_argument("--tasks", type=int, default=600)
-    b.add_argument("--data", default=None)
-    args = parser.parse_args(argv)
+
+    e = sub.add_parser("evaluate", help="accuracy on 600 test tasks with a 95%% confidence interval",
+                       allow_abbrev=False, description="Accuracy of a checkpoint on held-out test tasks, with its "
+                                                       "95%% confidence interval.")
+    e.add_argument("path", help="a checkpoint of `train` (or one of mamlkit/weights/)")
+    e.add_argument("--tasks", type=int_at_least(2), default=600,
+                   help="test tasks, at least 2 for a confidence interval (default 600)")
+    e.add_argument("--steps", type=nonnegative_int, default=None,
+                   help="inner steps at test time (default: the checkpoint's test steps)")
+    e.add_argument("--seed", type=nonnegative_int, default=1, help="seed of the test tasks (default 1)")
+    e.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
+
+    r = sub.add_parser("results", help="train and evaluate the six settings on this CPU; write the JSON table",
+                       allow_abbrev=False,
+                       description="Train and evaluate the six settings one after another (resumable). Everything "
+                                   "goes into --runs-dir; only --ship replaces the shipped checkpoints and "
+                                   "mamlkit/weights/omniglot_results.json.")
+    r.add_argument("--runs-dir", default=RUNS_DIR, help=f"where the checkpoints and the JSON go (default {RUNS_DIR})")
+    r.add_argument("--json", default=None,
+                   help="the run's JSON table (default RUNS_DIR/omniglot_results.json)")
+    r.add_argument("--ship", action="store_true",
+                   help="when every setting is done, copy the MAML checkpoints into mamlkit/weights/ and rewrite "
+                        "mamlkit/weights/omniglot_results.json; refused if a setting is shorter (fewer "
+                        "--iterations or --tasks) than the shipped one (default off)")
+    r.add_argument("--iterations", type=positive_int, default=None,
+                   help="meta-steps of every setting (default: the CPU preset's, 600 or 400)")
+    r.add_argument("--width", type=positive_int, default=None, help="Conv4 filters per layer (default 32)")
+    r.add_argument("--meta-batch-size", type=positive_int, default=None,
+                   help="tasks per meta-step (default 8, 4 for 20-way)")
+    r.add_argument("--tasks", type=int_at_least(2), default=600, help="test tasks per setting (default 600)")
+    r.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
+
+    b = sub.add_parser("bf16", help="5-way 1-shot MAML trained in float32 and in bf16 autocast: the accuracy cost",
+                       allow_abbrev=False,
+                       description="5-way 1-shot MAML trained twice, in float32 and under bf16 autocast, evaluated "
+                                   "alike. Everything goes into --runs-dir; only --ship replaces "
+                                   "mamlkit/results/bf16_accuracy.json.")
+    b.add_argument("--runs-dir", default=RUNS_DIR, help=f"where the checkpoints and the JSON go (default {RUNS_DIR})")
+    b.add_argument("--json", default=None, help="the run's JSON (default RUNS_DIR/bf16_accuracy.json)")
+    b.add_argument("--ship", action="store_true",
+                   help="also rewrite mamlkit/results/bf16_accuracy.json at the end; refused if a run is shorter "
+                        "(fewer --iterations or --tasks) than the shipped one (default off)")
+    b.add_argument("--iterations", type=positive_int, default=None, help="meta-steps of each run (default 600)")
+    b.add_argument("--tasks", type=int_at_least(2), default=600, help="test tasks per run (default 600)")
+    b.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         _run_command(args, argv)
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:  # a clear message, no traceback
-        raise SystemExit(f"python -m mamlkit.fewshot {args.command}: error: {e}") from e
+        raise SystemExit(f"{PROG} {args.command}: error: {e}") from e
 
 
 def _run_command(args, argv) -> None:
+    command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.command == "train":
         names = {f.name for f in fields(FewShotConfig)}
         given = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -116,23 +154,22 @@ def _run_command(args, argv) -> None:
         print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
               f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
     elif args.command == "bf16":
-        from .fewshot_results import BF16_JSON, run_bf16_check
+        from . import fewshot_results
 
-        table = run_bf16_check(args.runs_dir, json_path=args.json or BF16_JSON, tasks=args.tasks, data_path=args.data,
-                               iterations=args.iterations,
-                               command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]))
+        table = fewshot_results.run_bf16_check(args.runs_dir, json_path=args.json, ship=args.ship, tasks=args.tasks,
+                                               data_path=args.data, iterations=args.iterations, command=command)
         print(f"bf16 - float32: {table['bf16_minus_fp32_points']:+.2f} accuracy points")
+        if args.ship:
+            print(f"shipped: {fewshot_results.BF16_JSON}")
     else:
-        from .fewshot_results import (  # the results table lives in its own module
-            markdown_table,
-            run_results,
-        )
+        from . import fewshot_results  # the results table lives in its own module
 
-        table = run_results(args.runs_dir, json_path=args.json, ship=not args.no_ship, tasks=args.tasks,
-                            data_path=args.data, iterations=args.iterations, width=args.width,
-                            command="python -m mamlkit.fewshot " + " ".join(argv if argv is not None else sys.argv[1:]),
-                            meta_batch_size=args.meta_batch_size)
-        print(markdown_table(table))
+        table = fewshot_results.run_results(args.runs_dir, json_path=args.json, ship=args.ship, tasks=args.tasks,
+                                            data_path=args.data, iterations=args.iterations, width=args.width,
+                                            command=command, meta_batch_size=args.meta_batch_size)
+        print(fewshot_results.markdown_table(table))
+        if args.ship:
+            print(f"shipped: {fewshot.RESULTS_JSON} and the MAML checkpoints beside it")
 
 
 if __name__ == "__main__":
