@@ -7,8 +7,8 @@ sinusoid MLP), the same computation is one batched matrix product per layer:
 
     h ← h · Wᵢᵀ + bᵢ    for all tasks at once:  torch.baddbmm(b[:, None], h, Wᵀ)    # (tasks, N, out)
 
-which skips vmap's and functional_call's per-call overhead (about half the time of a sinusoid
-meta-step on a CPU; `python -m mamlkit.bench`). Both give the same numbers: tests/test_maml.py checks
+which skips vmap's and functional_call's per-call overhead (a large share of a sinusoid meta-step,
+whose matrix products are tiny; `python -m mamlkit.bench` measures it). Both give the same numbers: tests/test_maml.py checks
 the fast path against finite differences and against the loop, and `vmap_forward` is the reference.
 """
 from __future__ import annotations

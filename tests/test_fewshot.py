@@ -318,3 +318,103 @@ def test_bf16_config_and_the_bf16_accuracy_command(tmp_path, monkeypatch, capsys
     assert table["bf16_minus_fp32_points"] == pytest.approx(bf16["accuracy"] - fp32["accuracy"], abs=0.011)
     assert f"{table['bf16_minus_fp32_points']:+.2f} accuracy points" in capsys.readouterr().out
     assert (tmp_path / "omniglot_5way_1shot_maml_bf16.pt").is_file()  # the two runs do not share a checkpoint
+
+
+# ----------------------------------------------------------------------------------------------
+# `results` and `bf16`: the runs folder by default; shipped files only with --ship, never by a shorter run
+
+SMOKE = ["--iterations", "1", "--width", "8", "--meta-batch-size", "2", "--tasks", "2"]
+
+
+def digests(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A copy of mamlkit/weights/ (and of the shipped bf16 JSON) that fewshot and fewshot_results take for the
+    shipped files, tiny Omniglot stand-ins (30 characters: 20-way needs 20 test characters), cwd = tmp_path."""
+    import shutil
+
+    from mamlkit.data.omniglot import OmniglotData
+    from mamlkit.experiments import fewshot_results
+    from mamlkit.paths import RESULTS, WEIGHTS  # the real folders (not patched below)
+
+    if not fewshot.RESULTS_JSON.is_file() or not fewshot_results.BF16_JSON.is_file():
+        pytest.skip("no shipped results table in this checkout")
+    real = {"weights": digests(fewshot.WEIGHTS), "bf16": fewshot_results.BF16_JSON.read_bytes()}
+    weights = tmp_path / "weights"
+    shutil.copytree(fewshot.WEIGHTS, weights)
+    bf16_json = tmp_path / "results" / "bf16_accuracy.json"
+    bf16_json.parent.mkdir()
+    shutil.copyfile(fewshot_results.BF16_JSON, bf16_json)
+    monkeypatch.setattr(fewshot, "WEIGHTS", weights)  # fewshot_results reads both through the fewshot module
+    monkeypatch.setattr(fewshot, "RESULTS_JSON", weights / "omniglot_results.json")
+    monkeypatch.setattr(fewshot_results, "BF16_JSON", bf16_json)
+    images = prototype_images(classes=30)
+    names = [f"Tiny/character{i:02d}" for i in range(30)]
+    split = (OmniglotData(images, names, "prototypes"), OmniglotData(images[:10], names[:10], "train"),
+             OmniglotData(images[10:], names[10:], "test"))
+    monkeypatch.setattr(fewshot_results, "omniglot_split", lambda path=None, **kwargs: split)
+    monkeypatch.chdir(tmp_path)
+    yield {"weights": weights, "json": weights / "omniglot_results.json", "bf16_json": bf16_json}
+    # whatever a test did, the real shipped files are as they were
+    assert digests(WEIGHTS) == real["weights"] and (RESULTS / "bf16_accuracy.json").read_bytes() == real["bf16"]
+
+
+def test_results_without_ship_write_only_the_runs_folder(shipped, tmp_path, capsys):
+    before, bf16_before = digests(shipped["weights"]), shipped["bf16_json"].read_bytes()
+    fewshot_cli.main(["results", *SMOKE])
+    assert digests(shipped["weights"]) == before  # the shipped checkpoints and table: byte-identical
+    table = json.loads((tmp_path / "runs" / "omniglot" / "omniglot_results.json").read_text())  # the default
+    assert len(table["runs"]) == 6 and all(r["weights"] is None and r["config"]["iterations"] == 1 for r in table["runs"])
+    assert (tmp_path / "runs" / "omniglot" / "omniglot_5way_1shot_maml.pt").is_file()
+    assert "| 5-way 1-shot | MAML |" in capsys.readouterr().out
+    fewshot_cli.main(["bf16", "--runs-dir", "runs/bf16", "--iterations", "1", "--tasks", "2"])
+    assert (tmp_path / "runs" / "bf16" / "bf16_accuracy.json").is_file()  # the default: in the runs folder
+    assert digests(shipped["weights"]) == before and shipped["bf16_json"].read_bytes() == bf16_before
+    with pytest.raises(SystemExit, match="--json.*shipped table"):  # the shipped table is not a run's table
+        fewshot_cli.main(["results", *SMOKE, "--json", str(shipped["json"])])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["results", "--ship", *SMOKE], ["--ship", "omniglot_5way_1shot_maml", "1 meta-steps", "600"]),
+    (["results", "--ship", "--iterations", "100000", "--tasks", "2"], ["--ship", "tested on 2 tasks", "600"]),
+    (["bf16", "--ship", "--iterations", "1", "--tasks", "600"], ["--ship", "omniglot_5way_1shot_maml_bf16"]),
+])
+def test_ship_of_a_shorter_run_is_refused_before_anything_is_written(shipped, tmp_path, argv, words):
+    before, bf16_before = digests(shipped["weights"]), shipped["bf16_json"].read_bytes()
+    with pytest.raises(SystemExit) as e:
+        fewshot_cli.main(argv)
+    message = str(e.value.code)
+    assert message.startswith(f"python -m mamlkit.fewshot {argv[0]}: error:") and "\n" not in message
+    assert all(w in message for w in words), message
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    assert digests(shipped["weights"]) == before and shipped["bf16_json"].read_bytes() == bf16_before
+
+
+def test_ship_of_a_long_enough_run_replaces_the_shipped_files(shipped, tmp_path):
+    before = digests(shipped["weights"])
+    table = json.loads(shipped["json"].read_text())
+    for run in table["runs"]:  # pretend the shipped table came from a run as short as this one
+        run["config"]["iterations"], run["test_tasks"] = 1, 2
+    shipped["json"].write_text(json.dumps(table))
+    fewshot_cli.main(["results", "--ship", *SMOKE])
+    table = json.loads(shipped["json"].read_text())
+    shipped_runs = [r for r in table["runs"] if r["weights"]]
+    assert sorted(r["name"] for r in shipped_runs) == ["omniglot_20way_1shot_maml", "omniglot_5way_1shot_maml",
+                                                       "omniglot_5way_5shot_maml"]
+    after = digests(shipped["weights"])
+    for run in shipped_runs:
+        assert after[run["weights"]] == run["sha256"] != before[run["weights"]]  # replaced, and recorded
+    assert {k: v for k, v in after.items() if k.startswith("sinusoid")} == {
+        k: v for k, v in before.items() if k.startswith("sinusoid")}
+    assert all(r["config"]["iterations"] == 1 and r["test_tasks"] == 2 for r in table["runs"])
+    assert "--ship" in table["command"]
+    assert fewshot.load_pretrained(5, 1).config.width == 8  # the new checkpoint passes its checksum
+    run_table = json.loads((tmp_path / "runs" / "omniglot" / "omniglot_results.json").read_text())
+    assert [r["sha256"] for r in run_table["runs"]] == [r["sha256"] for r in table["runs"]]
+    shipped["bf16_json"].unlink()  # no shipped bf16 JSON: nothing to be shorter than
+    fewshot_cli.main(["bf16", "--ship", "--runs-dir", "runs/bf16", "--iterations", "1", "--tasks", "2"])
+    assert json.loads(shipped["bf16_json"].read_text())["runs"][1]["config"]["bf16"] is True

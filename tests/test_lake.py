@@ -269,7 +269,6 @@ def test_baselines_have_the_published_numbers_and_sources():
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["{ckpt20}", "--runs", "0"], ["runs"]),
     (["{ckpt20}", "--alphabets", "Gamma"], ["alphabets", "Gamma", "20"]),
     (["{ckpt20}", "--data", "{nowhere}"], ["path", "does not exist"]),
     (["{ckpt5}"], ["classifier", "20-way"]),

@@ -13,8 +13,8 @@ and, separately, peak memory against inner_steps = 1..10 for MAML, FOMAML and MA
 inner steps: MAML's grows with every step (it keeps each step's graph for the Hessian term), FOMAML's
 is flat.
 
-    python -m mamlkit.bench --quick              # smaller meta-batches, < 2 minutes on a 2-core CPU
-    python -m mamlkit.bench                      # the paper's meta-batches, < 15 minutes on a 2-core CPU
+    python -m mamlkit.bench --quick              # smaller meta-batches and fewer repetitions
+    python -m mamlkit.bench                      # the paper's meta-batches (several times longer)
     python -m mamlkit.bench --device cuda        # adds vmap at every Conv4 size and bf16 rows
 
 It writes bench_<device>[_quick].csv and .png to --out (default: mamlkit/results/) and prints the
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import device_among, positive_int
 from ..maml import choose_batching
 from ..paths import RESULTS
 from .problems import (
@@ -359,24 +360,33 @@ def run(plan: Plan, device: str = "cpu", out: Path | None = RESULTS, threads: in
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mamlkit.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller meta-batches and fewer repetitions (< 2 min)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and the plot")
-    parser.add_argument("--threads", type=int, default=1,
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m mamlkit.bench`."""
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.bench", description=__doc__.split("\n")[0],
+                                     allow_abbrev=False)
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller meta-batches and fewer repetitions (default off: the paper's meta-batches)")
+    parser.add_argument("--device", type=device_among("cpu", "cuda"), default="cpu",
+                        help="cpu, cuda or cuda:N, one this machine has (default cpu)")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="folder for the CSV and the plot (default mamlkit/results/)")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="CPU threads for torch (default 1: steadier timings on a shared machine)")
-    parser.add_argument("--replot", type=Path, metavar="CSV", help="only redraw the plot of a CSV written before")
+    parser.add_argument("--replot", type=Path, metavar="CSV", default=None,
+                        help="only redraw the plot of a CSV written before (default: run the benchmark)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.replot is not None:
+        if not args.replot.is_file():
+            parser.error(f"argument --replot: no CSV at {args.replot}")
         rows = read_csv(args.replot)
         plot(rows, args.replot.with_suffix(".png"), rows[0]["device"])
         print(f"wrote {args.replot.with_suffix('.png')}")
         return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here")
-    if args.threads < 1:
-        parser.error(f"--threads: expected a positive integer, got {args.threads}")
     torch.set_num_threads(args.threads)
     run(make_plan(args.quick, args.device), args.device, args.out, args.threads)
     return 0

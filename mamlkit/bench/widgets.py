@@ -16,6 +16,8 @@ import time
 import numpy as np
 import torch
 
+from ..cli import positive_int
+
 TARGET_MS = 300.0
 
 
@@ -34,11 +36,18 @@ def report(name: str, times: list[float]) -> None:
     print(f"{name:<42} median {med:7.1f} ms   p90 {p90:7.1f} ms   p90/target {p90 / TARGET_MS:5.2f}")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m mamlkit.bench.widgets`."""
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.bench.widgets", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
+    parser.add_argument("--n", type=positive_int, default=30, help="slider changes per measurement (default 30)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch threads (default 1; the notebooks use at most 2)")
+    return parser
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mamlkit.bench.widgets", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=30, help="slider changes per measurement")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the notebooks use at most 2)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     from ..experiments.sinusoid import make_mlp
     from ..widgets import InnerLoopExplorer, MetaGradientAnatomy, OuterLoopExplorer

@@ -286,11 +286,18 @@ def generate(root: str | Path = REPO) -> list[Path]:
     return changed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mamlkit.course.exercises", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 listing the files that differ")
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m mamlkit.course.exercises`."""
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.course.exercises", description=__doc__.split("\n\n")[1],
+                                     allow_abbrev=False)
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 listing the files that differ (default off: write them)")
     parser.add_argument("--root", default=str(REPO), help="the repository root (default: the one holding mamlkit/)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     root = Path(args.root)
     try:
         if args.check:

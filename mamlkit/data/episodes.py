@@ -37,7 +37,9 @@ def _random_permutations(rows: tuple[int, ...], n: int, k: int, generator: torch
 
     Sorting i.i.d. uniform numbers gives a uniformly random permutation (ties have probability ~0);
     its first k entries are k of n drawn without replacement, in random order. `topk` finds those k
-    without sorting all n (about 15x faster than `argsort` for 5 of 3,856 classes).
+    without sorting all n (a partial selection instead of a full sort, which matters for 5 of 3,856
+    classes; to measure it: python -m timeit -s "import torch; r = torch.rand(32, 3856)" "r.topk(5)"
+    against the same with "r.argsort()[:, :5]").
     """
     return torch.rand(*rows, n, generator=generator).topk(k, dim=-1, sorted=True).indices
 

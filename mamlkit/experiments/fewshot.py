@@ -28,8 +28,9 @@ Command line (each run is resumable: run the same command again after an interru
 
     python -m mamlkit.fewshot train --n-way 5 --k-shot 1 [--first-order] --iterations N --out PATH
     python -m mamlkit.fewshot evaluate PATH
-    python -m mamlkit.fewshot results          # the results table (fewshot_results.py)
-    python -m mamlkit.fewshot bf16             # the accuracy cost of bf16 training, mamlkit/results/bf16_accuracy.json
+    python -m mamlkit.fewshot results          # the results table, in runs/omniglot/ (fewshot_results.py)
+    python -m mamlkit.fewshot bf16             # the accuracy cost of bf16 training, in runs/omniglot/
+    python -m mamlkit.fewshot results --ship   # also replace the shipped checkpoints and table (mamlkit/weights/)
 """
 from __future__ import annotations
 

@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write_text
+from ..cli import nonnegative_int, positive_int
 from ..data.omniglot import (
     CHARACTER_PATTERN,
     IMAGE_PATTERN,
@@ -386,7 +387,8 @@ def _held_out_note(classifier, alphabets) -> str | None:
     return None
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m mamlkit.experiments.lake`."""
     parser = argparse.ArgumentParser(
         prog="python -m mamlkit.experiments.lake", allow_abbrev=False,  # --run is not --runs: a typo is an error
         description="The 20-way within-alphabet one-shot test of Lake et al. (2015) on held-out alphabets: "
@@ -394,10 +396,10 @@ def main(argv=None) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="a 20-way checkpoint of `python -m mamlkit.fewshot train --n-way 20` "
                              "(or mamlkit/weights/omniglot_20way_1shot_maml.pt)")
-    parser.add_argument("--runs", type=int, default=40,
+    parser.add_argument("--runs", type=positive_int, default=40,
                         help="number of runs, spread evenly over the alphabets (default 40)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the characters, drawers and query order (default 0)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the characters, drawers and query order (default 0)")
+    parser.add_argument("--steps", type=nonnegative_int, default=None,
                         help="inner steps at test time (default: the checkpoint's test steps)")
     parser.add_argument("--alphabets", nargs="+", default=list(TEST_ALPHABETS), metavar="ALPHABET",
                         help=f"alphabets to draw the runs from (default {' '.join(TEST_ALPHABETS)}, the ones the "
@@ -406,7 +408,11 @@ def main(argv=None) -> None:
                         help="Omniglot zips or folders (default: found automatically, see mamlkit.data.omniglot.find_omniglot)")
     parser.add_argument("--json", default=None, metavar="OUT",
                         help="also write the result as JSON to OUT, atomically (default: no file)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         # the cheap checks before loading anything
         _check_runs_seed(args.runs, args.seed)

@@ -1,7 +1,7 @@
 """Reproduce the sinusoid table of the MAML paper (Finn et al. 2017, Appendix C.1 / Figure 2).
 
     python -m mamlkit.experiments.reproduce_sinusoid                      # K=5 and K=10, 70,000 meta-iterations each
-    python -m mamlkit.experiments.reproduce_sinusoid --iterations 2000    # a quick look (minutes -> seconds)
+    python -m mamlkit.experiments.reproduce_sinusoid --iterations 2000    # a quick look: 2,000 of the 70,000 meta-iterations
 
 Configuration, as the paper: MLP 1-40-40-1 (ReLU), MSE, one inner step with α = 0.01, Adam with β = 1e-3,
 meta-batch 25 tasks, K support and K query points per task, 70,000 meta-iterations. The "pretrained"
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import atomic_write_text, save_checkpoint, sha256
+from ..cli import nonnegative_int, positive_int
 from ..evaluation import adaptation_curve, mean_ci95
 from ..paths import PACKAGE
 from ..trainer import MetaConfig, MetaLearner, train
@@ -90,22 +91,29 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--k-shot", type=int, nargs="+", default=[5, 10], help="K values (default: 5 10)")
-    p.add_argument("--iterations", type=int, default=70_000, help="meta-iterations (paper: 70,000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", type=Path, default=Path("runs/sinusoid"), help="resumable training checkpoints")
-    p.add_argument("--weights-dir", type=Path, default=PACKAGE / "weights", help="where the trained weights go")
-    p.add_argument("--results", type=Path, default=PACKAGE / "results" / "sinusoid.json")
-    p.add_argument("--threads", type=int, default=1,
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m mamlkit.experiments.reproduce_sinusoid`."""
+    p = argparse.ArgumentParser(prog="python -m mamlkit.experiments.reproduce_sinusoid", allow_abbrev=False,
+                                description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--k-shot", type=positive_int, nargs="+", default=[5, 10], help="K values (default 5 10)")
+    p.add_argument("--iterations", type=positive_int, default=70_000,
+                   help="meta-iterations (default 70000, the paper's)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the initialization and the tasks (default 0)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/sinusoid"),
+                   help="resumable training checkpoints (default runs/sinusoid)")
+    p.add_argument("--weights-dir", type=Path, default=PACKAGE / "weights",
+                   help="where the trained weights go (default mamlkit/weights/)")
+    p.add_argument("--results", type=Path, default=PACKAGE / "results" / "sinusoid.json",
+                   help="the results JSON (default mamlkit/results/sinusoid.json)")
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: a 40-unit MLP is too small to gain from more, and extra "
                         "threads slow it down badly on a busy machine)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.iterations < 1:
-        p.error("--iterations: expected a positive integer")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+    return p
 
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = [run_one(k, args.iterations, args.seed, args.run_dir, args.weights_dir, not args.no_progress) for k in args.k_shot]

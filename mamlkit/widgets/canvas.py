@@ -4,7 +4,7 @@ Why not ipympl or `%matplotlib widget`: a PNG in an Output works unchanged in Ju
 Notebook, VS Code and Colab, needs no extra front-end extension, and in tests the figure is an ordinary
 `matplotlib.figure.Figure` whose artists can be inspected.
 
-Why fast (< 300 ms a redraw on a busy 2-core CPU, `python -m mamlkit.bench.widgets`): each widget builds
+Why fast (the target is < 300 ms a redraw; `python -m mamlkit.bench.widgets` measures it): each widget builds
 its figure once; afterwards only the artists that move are redrawn. The still parts (axes, ticks, legends,
 contours) are rendered once into a background image; a redraw pastes that background back and draws the
 moving artists over it (matplotlib's "blitting"), then encodes the PNG with light compression. The new

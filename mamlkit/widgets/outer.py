@@ -217,7 +217,8 @@ class OuterLoopExplorer:
         self.step = widgets.Button(description="step", icon="step-forward")
         self.reset = widgets.Button(description="reset", icon="undo")
         self.compare = widgets.Checkbox(True, description="show all three paths")
-        # α, β, ε, inner_steps recompute whole paths (up to ~1 s): redraw when the slider is released
+        # α, β, ε, inner_steps recompute whole paths (`python -m mamlkit.bench.widgets` times it): redraw when
+        # the slider is released
         self.view = new_outer_view(self.tasks, max_iterations)
         self.canvas = Canvas(self.view["figure"])
         self.canvas.animate(*_outer_moving(self.view))
