@@ -8,8 +8,20 @@ from mamlkit.data.augment import random_affine
 from mamlkit.data.characters import OmniglotData
 from mamlkit.data.omniglot import split_alphabets
 from mamlkit.experiments import curves, fewshot
-from mamlkit.experiments.fewshot import FewShotClassifier, evaluate_fewshot, snapshot_dir, train_fewshot
-from tests.test_fewshot import prototype_images, tiny
+from mamlkit.experiments.fewshot import FewShotClassifier, FewShotConfig, evaluate_fewshot, snapshot_dir, train_fewshot
+
+
+def prototype_images(classes=12, examples=20, seed=0) -> torch.Tensor:
+    """uint8 (classes, examples, 28, 28): a random blob pattern per class, 10% of its pixels flipped per example."""
+    g = torch.Generator().manual_seed(seed)
+    protos = (torch.rand(classes, 1, 7, 7, generator=g) > 0.6).float().repeat_interleave(4, 2).repeat_interleave(4, 3)
+    flips = torch.rand(classes, examples, 28, 28, generator=g) < 0.1
+    return ((protos != flips.float()).float() * 255).to(torch.uint8)
+
+
+def tiny(**kw) -> FewShotConfig:
+    base = dict(n_way=3, k_shot=1, q_query=2, meta_batch_size=2, width=8, iterations=4, inner_lr=0.4)
+    return FewShotConfig(**{**base, **kw})
 
 
 def test_snapshots_and_the_learning_curve_evaluate_each_saved_theta(tmp_path, monkeypatch):
