@@ -1,0 +1,224 @@
+"""The Omniglot study: MAML and FOMAML meta-trained to a plateau on a CPU, over seeds, with an ablation.
+
+Finn et al. (2017) meta-train on 1,200 characters for 60,000 meta-steps. This machine has the two minimal
+background sets (242 characters) and a CPU, so the study uses what the literature does to learn more from
+less, each switchable in `FewShotConfig`:
+
+    RECIPE   width 64, the paper's strided Conv4, random affine augmentation of the training characters
+             (Koch et al. 2015; augment.py), a cosine schedule for β (Antoniou et al. 2019), and the test
+             split of whole held-out alphabets (Korean and Early Aramaic: omniglot.TEST_ALPHABETS)
+
+and the settings below. Every run is its own resumable checkpoint `<runs-dir>/<setting>_<algorithm>_s<seed>.pt`
+(θ snapshots beside it for the learning curve, curves.py), evaluated once on the same 600 seeded test tasks
+(and, for 20-way models, on Lake et al.'s within-alphabet test, lake.py); each result is written beside its
+checkpoint (`.result.json`), so several processes may train different runs at once. `table` gathers them:
+mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap paired by seed.
+
+    python -m mamlkit.experiments.omniglot_study run --settings 5w1s --algorithms maml fomaml --seeds 0 1 2
+    python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2
+    python -m mamlkit.experiments.omniglot_study table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_text, load_checkpoint
+from ..cli import nonnegative_int, positive_int
+from .fewshot import FewShotClassifier, FewShotConfig, evaluate_fewshot, omniglot_split, train_fewshot
+
+RUNS_DIR = Path("runs/omniglot")
+RECIPE = dict(width=64, downsample="stride", augment=True, meta_lr_schedule="cosine", split="alphabets")
+# Per setting: the paper's α and test steps for 5-way; 20-way trained with one inner step of α = 0.4 (a
+# second-order step keeps every inner step's graph, so 5 steps cost several times more per meta-step)
+# and tested with 3. Fewer query images per class (5; 20-way: 2) and a meta-batch of 16 buy more
+# meta-steps for the same CPU time.
+SETTINGS = {
+    "5w1s": dict(n_way=5, k_shot=1, q_query=5, meta_batch_size=16, iterations=8000),
+    "5w5s": dict(n_way=5, k_shot=5, q_query=5, meta_batch_size=16, iterations=8000),
+    "20w1s": dict(n_way=20, k_shot=1, q_query=2, meta_batch_size=16, inner_steps=1, inner_lr=0.4, test_steps=3,
+                  iterations=4000),
+}
+ALGORITHMS = {"maml": False, "fomaml": True}  # name -> first_order
+# The ablation: 5-way 1-shot MAML, one change to the recipe per row (same seeds, same test tasks).
+ABLATION = {
+    "plain (constant β, no augmentation)": dict(augment=False, meta_lr_schedule="constant"),
+    "+ augmentation": dict(meta_lr_schedule="constant"),
+    "+ cosine β": dict(augment=False),
+    "recipe (both)": {},
+    "recipe, width 32": dict(width=32),
+    "recipe + first-order warm-up (first quarter)": dict(first_order_steps=None),  # set from iterations
+}
+TEST_TASKS, TEST_SEED = 600, 1
+
+
+def config_for(setting: str, algorithm: str, seed: int, **changes) -> FewShotConfig:
+    """The study's configuration of one run: RECIPE, then the setting's values, then `changes`."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting: expected one of {sorted(SETTINGS)}, got {setting!r}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+    values = {**RECIPE, **SETTINGS[setting], **changes}
+    if "first_order_steps" in values and values["first_order_steps"] is None:
+        values["first_order_steps"] = values["iterations"] // 4
+    return FewShotConfig(first_order=ALGORITHMS[algorithm], seed=seed, **values)
+
+
+def run_path(runs_dir, setting: str, algorithm: str, seed: int, row: str | None = None) -> Path:
+    if row is None:
+        return Path(runs_dir) / f"{setting}_{algorithm}_s{seed}.pt"
+    slug = "".join(c if c.isalnum() else "_" for c in row).strip("_")
+    return Path(runs_dir) / "ablation" / f"{slug}_s{seed}.pt"
+
+
+def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = TEST_TASKS, lake_runs: int = 40,
+                       data_path=None, progress: bool = True, row: str | None = None) -> dict:
+    """Train (resuming) to config.iterations, evaluate once, write `<checkpoint>.result.json`, return it."""
+    result_file = checkpoint.with_name(checkpoint.name + ".result.json")
+    if result_file.is_file():
+        result = json.loads(result_file.read_text())
+        if result["config"] == asdict(config) and result["test_tasks"] == tasks:
+            return result  # done before: the same run, evaluated the same way
+    from ..data.omniglot import rotate_classes
+
+    _, train_set, test_set = omniglot_split(data_path, split=config.split, glyphs_fallback=False)
+    start_step = load_checkpoint(checkpoint)["learner"]["step"] if checkpoint.exists() else 0
+    start = time.perf_counter()
+    learner, _ = train_fewshot(config, checkpoint_path=checkpoint, data=rotate_classes(train_set.images),
+                               progress=progress, checkpoint_every=250, snapshots=True)
+    seconds = time.perf_counter() - start
+    accuracy, ci95 = evaluate_fewshot(learner, test_set.images, n_way=config.n_way, k_shot=config.k_shot,
+                                      tasks=tasks, seed=TEST_SEED)
+    result = {"checkpoint": checkpoint.name, "config": asdict(config), "test_tasks": tasks,
+              "test_characters": len(test_set.names), "test_alphabets": test_set.alphabets,
+              "accuracy": round(100 * accuracy, 2), "ci95": round(100 * ci95, 2),
+              "train_seconds_this_call": round(seconds, 1), "resumed_from_step": start_step,
+              "threads": torch.get_num_threads(), "row": row}
+    if config.n_way == 20 and config.split == "alphabets":
+        from .lake import evaluate_within_alphabet
+
+        lake = evaluate_within_alphabet(FewShotClassifier.from_checkpoint(checkpoint), data_path, runs=lake_runs)
+        result["lake_error"], result["lake_ci95"], result["lake_runs"] = lake["error"], lake["ci95"], lake["runs"]
+    atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", result_file)
+    if progress:
+        print(f"{checkpoint.name}: {result['accuracy']:.2f} ± {result['ci95']:.2f} % on {tasks} test tasks"
+              + (f"; Lake 20-way within-alphabet error {result['lake_error']:.1f} %" if "lake_error" in result else ""),
+              flush=True)
+    return result
+
+
+def collect(runs_dir=RUNS_DIR) -> list[dict]:
+    """Every finished run's result under runs_dir (study runs and ablation rows)."""
+    return [json.loads(f.read_text()) for f in sorted(Path(runs_dir).rglob("*.pt.result.json"))]
+
+
+def summarize(results: list[dict]) -> dict:
+    """Mean ± sd over seeds per (setting, algorithm), and the MAML − FOMAML gap paired by seed."""
+    groups: dict[tuple, dict[int, float]] = {}
+    for r in results:
+        c = r["config"]
+        if any(c.get(k) != v for k, v in RECIPE.items()) or c.get("first_order_steps", 0):
+            continue  # an ablation row, not a study run
+        setting = next((s for s, v in SETTINGS.items() if all(c.get(k) == x for k, x in v.items())), None)
+        if setting is None:
+            continue
+        groups.setdefault((setting, "fomaml" if c["first_order"] else "maml"), {})[c["seed"]] = r["accuracy"]
+
+    def mean_sd(values):
+        values = list(values)
+        return {"mean": round(statistics.fmean(values), 2), "sd": round(statistics.stdev(values), 2) if len(values) > 1
+                else None, "seeds": len(values)}
+
+    summary = {f"{s} {a}": {**mean_sd(v.values()), "by_seed": v} for (s, a), v in sorted(groups.items())}
+    for setting in SETTINGS:
+        maml, fomaml = groups.get((setting, "maml"), {}), groups.get((setting, "fomaml"), {})
+        paired = sorted(set(maml) & set(fomaml))
+        if paired:
+            summary[f"{setting} gap"] = {**mean_sd(maml[s] - fomaml[s] for s in paired), "paired_seeds": paired}
+    return summary
+
+
+def ablation_table(results: list[dict]) -> str:
+    """One line per ablation row: mean ± sd over seeds, meta-steps, seeds."""
+    rows: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("row"):
+            rows.setdefault(r["row"], []).append(r)
+    lines = ["| 5-way 1-shot MAML | accuracy % (mean ± sd; 600 test tasks) | meta-steps | seeds |",
+             "| --- | --- | --- | --- |"]
+    for row in ABLATION:
+        if row in rows:
+            acc = [r["accuracy"] for r in rows[row]]
+            sd = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else " (one seed)"
+            lines.append(f"| {row} | {statistics.fmean(acc):.2f}{sd} | {rows[row][0]['config']['iterations']} | {len(acc)} |")
+    return "\n".join(lines)
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| setting | accuracy % (mean ± sd over seeds; 600 test tasks each) | seeds |", "| --- | --- | --- |"]
+    for name, s in summary.items():
+        sd = "" if s["sd"] is None else f" ± {s['sd']:.2f}"
+        note = " (one seed: no spread, no conclusion)" if s["seeds"] < 2 else ""
+        lines.append(f"| {name} | {s['mean']:.2f}{sd}{note} | {s['seeds']} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.experiments.omniglot_study", allow_abbrev=False,
+                                     description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "train and evaluate study runs (resumable)"),
+                       ("ablation", "train and evaluate the ablation rows (5-way 1-shot MAML)"),
+                       ("table", "print the table of every finished run")):
+        p = sub.add_parser(name, help=text, allow_abbrev=False)
+        p.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"checkpoints and results (default {RUNS_DIR})")
+        if name == "table":
+            continue
+        p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="seeds (default 0)")
+        p.add_argument("--tasks", type=positive_int, default=TEST_TASKS, help=f"test tasks (default {TEST_TASKS})")
+        p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+        p.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
+        if name == "run":
+            p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS),
+                           help="which settings (default all)")
+            p.add_argument("--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=sorted(ALGORITHMS),
+                           help="which algorithms (default both)")
+        else:
+            p.add_argument("--iterations", type=positive_int, default=4000,
+                           help="meta-steps of every ablation row (default 4000)")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command != "table":
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            if args.command == "run":
+                jobs = [(config_for(s, a, seed), run_path(args.runs_dir, s, a, seed))
+                        for seed in args.seeds for s in args.settings for a in args.algorithms]
+                jobs = [(None, *job) for job in jobs]
+            else:
+                jobs = [(row, config_for("5w1s", "maml", seed, iterations=args.iterations, **changes),
+                         run_path(args.runs_dir, "5w1s", "maml", seed, row))
+                        for seed in args.seeds for row, changes in ABLATION.items()]
+            for row, config, path in jobs:
+                train_and_evaluate(config, path, tasks=args.tasks, data_path=args.data, row=row)
+        results = collect(args.runs_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"python -m mamlkit.experiments.omniglot_study: error: {' '.join(str(e).split())}") from e
+    print(markdown(summarize(results)))
+    if any(r.get("row") for r in results):
+        print()
+        print(ablation_table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The Omniglot study's bookkeeping: configurations, per-run results, mean ± sd over seeds, paired gaps."""
+import json
+
+import pytest
+import torch
+
+from mamlkit.data.characters import OmniglotData
+from mamlkit.experiments import omniglot_study as study
+from mamlkit.experiments.fewshot import FewShotConfig
+
+
+def test_config_for_applies_recipe_setting_and_changes():
+    c = study.config_for("5w1s", "fomaml", 2)
+    assert (c.width, c.downsample, c.augment, c.meta_lr_schedule, c.split) == (64, "stride", True, "cosine", "alphabets")
+    assert (c.n_way, c.k_shot, c.meta_batch_size, c.iterations, c.first_order, c.seed) == (5, 1, 16, 8000, True, 2)
+    t = study.config_for("20w1s", "maml", 0)
+    assert (t.n_way, t.inner_steps, t.inner_lr, t.test_steps) == (20, 1, 0.4, 3)
+    w = study.config_for("5w1s", "maml", 0, iterations=400, first_order_steps=None)
+    assert w.first_order_steps == 100
+    with pytest.raises(ValueError, match="setting"):
+        study.config_for("5w2s", "maml", 0)
+    with pytest.raises(ValueError, match="algorithm"):
+        study.config_for("5w1s", "reptile", 0)
+    assert study.run_path("r", "5w1s", "maml", 3).name == "5w1s_maml_s3.pt"
+    assert study.run_path("r", "5w1s", "maml", 3, "+ cosine β").parent.name == "ablation"
+
+
+def fake_result(setting, algorithm, seed, accuracy, row=None, **changes):
+    config = study.config_for(setting, algorithm, seed, **changes)
+    from dataclasses import asdict
+
+    return {"config": asdict(config), "accuracy": accuracy, "row": row}
+
+
+def test_summary_is_mean_and_sd_over_seeds_and_the_gap_is_paired():
+    results = [fake_result("5w1s", "maml", s, a) for s, a in ((0, 97.0), (1, 96.0), (2, 98.0))]
+    results += [fake_result("5w1s", "fomaml", s, a) for s, a in ((0, 96.5), (1, 95.0))]
+    results += [fake_result("5w1s", "maml", 0, 90.0, row="plain (constant β, no augmentation)", augment=False,
+                            meta_lr_schedule="constant")]
+    summary = study.summarize(results)
+    assert summary["5w1s maml"]["mean"] == 97.0 and summary["5w1s maml"]["sd"] == 1.0
+    assert summary["5w1s fomaml"]["seeds"] == 2
+    gap = summary["5w1s gap"]
+    assert gap["paired_seeds"] == [0, 1] and gap["mean"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2, seed 2 unpaired
+    assert "one seed" not in study.markdown(summary).split("5w1s maml")[1].split("\n")[0]
+    table = study.ablation_table(results)
+    assert "plain (constant β, no augmentation) | 90.00 (one seed)" in table
+
+
+def test_train_and_evaluate_writes_its_result_once(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    protos = (torch.rand(12, 1, 7, 7, generator=g) > 0.6).float().repeat_interleave(4, 2).repeat_interleave(4, 3)
+    images = ((protos != (torch.rand(12, 20, 28, 28, generator=g) < 0.1).float()).float() * 255).to(torch.uint8)
+    names = [f"A/character{i:02d}" for i in range(12)]
+    split = (OmniglotData(images, names, "p"), OmniglotData(images[:8], names[:8], "train"),
+             OmniglotData(images[8:], names[8:], "test"))
+    monkeypatch.setattr(study, "omniglot_split", lambda path=None, **kw: split)
+    config = FewShotConfig(n_way=3, k_shot=1, q_query=2, meta_batch_size=2, width=8, iterations=3, augment=True,
+                           meta_lr_schedule="cosine")
+    path = tmp_path / "run.pt"
+    result = study.train_and_evaluate(config, path, tasks=5, progress=False)
+    saved = json.loads((tmp_path / "run.pt.result.json").read_text())
+    assert saved == result and 0 <= result["accuracy"] <= 100 and result["test_tasks"] == 5
+    assert (tmp_path / "run.pt.snapshots").is_dir()
+    monkeypatch.setattr(study, "train_fewshot", lambda *a, **k: pytest.fail("trained a finished run again"))
+    assert study.train_and_evaluate(config, path, tasks=5, progress=False) == result
+    assert study.collect(tmp_path) == [result]
+
+
+def test_command_line_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        study.main(["run", "--settings", "5w2s"])
+    assert e.value.code == 2 and "--settings" in capsys.readouterr().err
