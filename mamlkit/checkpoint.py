@@ -13,16 +13,33 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 
+from .checks import check_device
+
 FORMAT = "mamlkit-checkpoint-v1"
 
 
+def _temporary_files(path: Path) -> list[Path]:
+    """The temporary files `_atomic_write` makes beside `path`: `.NAME.XXXXXXXX.tmp` (tempfile.mkstemp's 8 characters)."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    try:
+        return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return []
+
+
 def _atomic_write(path: str | os.PathLike, write, mode: str) -> Path:
-    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    After the rename, the temporary files that earlier saves of `path` left behind when they were killed
+    (SIGKILL, power loss: nothing could clean up) are removed. Two processes saving the same path at the
+    same time are not supported (a run's checkpoint has one writer).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,6 +54,39 @@ def _atomic_write(path: str | os.PathLike, write, mode: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    for stale in _temporary_files(path):  # torn files of interrupted saves: never valid, never needed
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+    return path
+
+
+def check_writable(path: str | os.PathLike, name: str = "path") -> Path:
+    """Raise ValueError naming `name` unless a file can be saved at `path` (before any work is done for it).
+
+    `path` must not be a folder; its folder must exist and accept a new file (tried, so that a read-only
+    file system or a full quota is caught too), or be creatable (its nearest existing parent a writable folder).
+    """
+    path = Path(path)
+    if str(path) in ("", ".") or path.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} is a folder; expected a file path such as {path / 'run.pt'}")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name}: cannot save {path}: {existing} is a file, not a folder")
+    if existing != folder:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"{name}: cannot create the folder {folder}: {existing} is not writable")
+        return path
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"{name}: cannot write into {folder} ({e.strerror or e})") from e
     return path
 
 
@@ -64,8 +114,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     checkpoint (truncated, corrupt, or something else).
     """
     path = Path(path)
+    if isinstance(map_location, (str, torch.device)):
+        check_device(map_location, "map_location")  # else torch's error would read as a corrupt file
     if not path.is_file():
-        raise FileNotFoundError(f"path: no checkpoint at {path}")
+        what = "a folder, not a checkpoint file" if path.is_dir() else "no checkpoint"
+        raise FileNotFoundError(f"path: {what} at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a torn or foreign file

@@ -15,7 +15,7 @@ import torch
 from torch.func import vmap
 
 from .batched import task_batched_forward
-from .checks import check_batching, check_inner_loop, check_task_batch
+from .checks import check_batching, check_inner_loop, check_task_batch, checked_forward, checked_loss
 from .maml import choose_batching, inner_step, single_task_forward
 
 
@@ -39,15 +39,19 @@ def adaptation_curve(model, params, support_x, support_y, query_x, query_y, *, l
     lr = {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
 
     def curve(forward, loss, theta, sx, sy, qx, qy):  # one task, or a chunk of tasks with θ per task
+        # the first forward pass on each set checks that the model takes it and that its targets fit
+        query_forward, support_forward = checked_forward(forward, "query_x"), checked_forward(forward, "support_x")
+        query_loss, support_loss = checked_loss(loss, "query_y"), checked_loss(loss, "support_y")
         losses, accs = [], []
         for s in range(steps + 1):
             with torch.no_grad():
-                out = forward(theta, qx)
-                losses.append(loss(out, qy))
+                out = query_forward(theta, qx)
+                losses.append(query_loss(out, qy))
                 if accuracy:
                     accs.append((out.argmax(-1) == qy).float().mean(-1))
             if s < steps:
-                theta, _ = inner_step(forward, theta, sx, sy, loss_fn=loss, inner_lr=lr, first_order=True)
+                theta, _ = inner_step(support_forward, theta, sx, sy, loss_fn=support_loss, inner_lr=lr,
+                                      first_order=True)
                 theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
         return torch.stack(losses, -1), (torch.stack(accs, -1) if accuracy else None)  # (..., steps + 1)
 

@@ -23,15 +23,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from . import checks  # input checks, kept out of the algorithm's way
 from .batched import task_batched_forward
-from .checks import (
-    BATCHINGS,
-    check_batching,
-    check_finite,
-    check_inner_loop,
-    check_task,
-    check_task_batch,
-)
+from .checks import BATCHINGS  # noqa: F401  (part of this module's API)
 
 Params = dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]  # forward(θ, x) -> f_θ(x)
@@ -46,6 +40,7 @@ def inner_step(forward: Forward, theta: Params, support_x, support_y, *, loss_fn
     loss_fn gives one loss per task (tasks,). Task i's loss depends only on its own copy θᵢ, so one
     gradient of the summed losses is every task's own ∇θᵢ L_Tᵢ.
     """
+    checks.check_inner_step(theta, inner_lr, first_order)
     loss = loss_fn(forward(theta, support_x), support_y)  # L(θ; support): a scalar, or (tasks,)
     # MAML keeps the graph of ∇θ L (the Hessian term of the meta-gradient); FOMAML treats it as a constant
     grads = torch.autograd.grad(loss.sum(), list(theta.values()), create_graph=not first_order)
@@ -61,15 +56,17 @@ def adapt(model: nn.Module, params: Mapping[str, torch.Tensor], support_x, suppo
     when it is a dict of tensors, Meta-SGD). `steps=0` returns θ. Raises FloatingPointError naming the
     inner step where the support loss stops being finite.
     """
-    check_inner_loop(model, params, inner_lr, steps)
-    check_task(support_x, support_y)
+    checks.check_inner_loop(model, params, inner_lr, steps, first_order)
+    checks.check_task(support_x, support_y)
     theta, losses = leaves(params), []
+    # the first forward pass also checks that the model takes support_x and that support_y fits its output
+    forward, loss_fn = checks.checked_forward(single_task_forward(model), "support_x"), checks.checked_loss(loss_fn, "support_y")
     with torch.enable_grad():  # the inner loop needs gradients even under torch.no_grad()
         for _ in range(steps):
-            theta, loss = inner_step(single_task_forward(model), theta, support_x, support_y, loss_fn=loss_fn,
+            theta, loss = inner_step(forward, theta, support_x, support_y, loss_fn=loss_fn,
                                      inner_lr=inner_lr, first_order=first_order)
             losses.append(loss)
-    check_finite(torch.stack(losses)[None] if losses else support_x.new_zeros(1, 0))
+    checks.check_finite(torch.stack(losses)[None] if losses else support_x.new_zeros(1, 0))
     return theta
 
 
@@ -80,11 +77,12 @@ def meta_loss(model: nn.Module, params: Mapping[str, torch.Tensor], support_x, s
     All four tensors carry a leading task dimension: support_x (tasks, K, ...), query_x (tasks, Q, ...).
     `.backward()` on the result gives the meta-gradient ∇θ L_meta (second order unless first_order).
     """
-    check_task_batch(support_x, support_y, query_x, query_y)
+    checks.check_flag("first_order", first_order)
+    checks.check_task_batch(support_x, support_y, query_x, query_y)
     query_losses, support_losses, _ = task_losses(model, params, support_x, support_y, query_x, query_y,
                                                   loss_fn=loss_fn, inner_lr=inner_lr, steps=steps,
                                                   first_order=first_order, batching=batching)
-    check_finite(support_losses)
+    checks.check_finite(support_losses)
     return query_losses.mean()
 
 
@@ -102,8 +100,8 @@ def task_losses(model, params, support_x, support_y, query_x, query_y, *, loss_f
     """
     adapted, support_losses = adapt_tasks(model, params, support_x, support_y, loss_fn=loss_fn, inner_lr=inner_lr,
                                           steps=steps, first_order=first_order, batching=batching)
-    out = predict_batch(model, adapted, query_x, batching=batching)  # (tasks, Q, ...)
-    return vmap(loss_fn)(out, query_y), support_losses, out
+    out = _predict(model, adapted, query_x, batching, "query_x")  # (tasks, Q, ...)
+    return checks.checked_loss(vmap(loss_fn), "query_y")(out, query_y), support_losses, out
 
 
 def adapt_batch(model, params, support_x, support_y, *, loss_fn, inner_lr, steps: int = 1, first_order: bool = False,
@@ -111,11 +109,12 @@ def adapt_batch(model, params, support_x, support_y, *, loss_fn, inner_lr, steps
     """Adapt θ to each task of a batch, support_x (tasks, K, ...). Returns (θ' stacked, support losses).
 
     θ'[name] has shape (tasks, *θ[name].shape); the support losses (tasks, steps) are L_support before
-    each inner step. Raises FloatingPointError naming the step and task where one diverged.
+    each inner step. Raises FloatingPointError naming the step and task where one diverged, and
+    ValueError naming the argument for a support set that is not (tasks, K, ...) or does not fit the model.
     """
     adapted, losses = adapt_tasks(model, params, support_x, support_y, loss_fn=loss_fn, inner_lr=inner_lr,
                                   steps=steps, first_order=first_order, batching=batching)
-    check_finite(losses)
+    checks.check_finite(losses)
     return adapted, losses
 
 
@@ -129,25 +128,28 @@ def adapt_tasks(model, params, support_x, support_y, *, loss_fn, inner_lr, steps
     `grad` vmapped through torch's BatchNorm gives a wrong meta-gradient in torch 2.13 (notebook 06).
     batching "loop": one task after another, the same numbers.
     """
-    check_inner_loop(model, params, inner_lr, steps)
-    check_batching(batching)
+    checks.check_inner_loop(model, params, inner_lr, steps, first_order)
+    checks.check_batching(batching)
+    checks.check_support_batch(support_x, support_y)  # also: as many target sets as support sets (zip would truncate)
     batching = choose_batching(model, support_x.device) if batching == "auto" else batching
     with torch.enable_grad():
         if batching == "vmap":
             tasks = support_x.shape[0]
             # (tasks, *shape) views of θ; the backward of expand sums the tasks' gradients onto θ
             theta = {k: p.expand(tasks, *p.shape) for k, p in leaves(params).items()}
-            forward, loss, losses = task_batched_forward(model, dict(model.named_buffers())), vmap(loss_fn), []
+            forward = checks.checked_forward(task_batched_forward(model, dict(model.named_buffers())), "support_x")
+            loss, losses = checks.checked_loss(vmap(loss_fn), "support_y"), []
             for _ in range(steps):
                 theta, l = inner_step(forward, theta, support_x, support_y, loss_fn=loss, inner_lr=inner_lr,
                                       first_order=first_order)
                 losses.append(l)
             return theta, torch.stack(losses, 1) if losses else support_x.new_zeros(tasks, 0)  # (tasks, steps)
         per_task = []
+        forward, loss = checks.checked_forward(single_task_forward(model), "support_x"), checks.checked_loss(loss_fn, "support_y")
         for sx, sy in zip(support_x, support_y):
             theta, losses = leaves(params), []
             for _ in range(steps):
-                theta, l = inner_step(single_task_forward(model), theta, sx, sy, loss_fn=loss_fn, inner_lr=inner_lr,
+                theta, l = inner_step(forward, theta, sx, sy, loss_fn=loss, inner_lr=inner_lr,
                                       first_order=first_order)
                 losses.append(l)
             per_task.append((theta, torch.stack(losses) if losses else sx.new_zeros(0)))
@@ -157,11 +159,20 @@ def adapt_tasks(model, params, support_x, support_y, *, loss_fn, inner_lr, steps
 
 def predict_batch(model: nn.Module, adapted: Params, x: torch.Tensor, *, batching: str = "auto") -> torch.Tensor:
     """f_{θ'ᵢ}(xᵢ) for each task i. adapted[name]: (tasks, ...), x: (tasks, N, ...) -> (tasks, N, ...)."""
-    check_batching(batching)
+    checks.check_batching(batching)
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected a tensor with a leading task dimension (tasks, examples, ...), got {shape}")
+    checks.check_params_match(model, adapted, "adapted", tasks=x.shape[0])  # one θ'ᵢ per task of x
+    return _predict(model, adapted, x, batching, "x")
+
+
+def _predict(model, adapted, x, batching: str, x_name: str) -> torch.Tensor:
+    """`predict_batch` without its checks; a first forward pass the model rejects names `x_name`."""
     batching = choose_batching(model, x.device) if batching == "auto" else batching
     if batching == "vmap":
-        return task_batched_forward(model, dict(model.named_buffers()))(adapted, x)
-    forward = single_task_forward(model)
+        return checks.checked_forward(task_batched_forward(model, dict(model.named_buffers())), x_name)(adapted, x)
+    forward = checks.checked_forward(single_task_forward(model), x_name)
     return torch.stack([forward({k: v[i] for k, v in adapted.items()}, x[i]) for i in range(x.shape[0])])
 
 

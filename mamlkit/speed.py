@@ -117,7 +117,7 @@ def checkpointed_adapt(
     and recomputed when the meta-gradient reaches it. The price is one more forward pass of each
     inner step during the backward pass.
     """
-    check_inner_loop(model, params, inner_lr, steps)
+    check_inner_loop(model, params, inner_lr, steps, first_order)
     check_task(support_x, support_y)
     names = list(params)
 

@@ -16,15 +16,17 @@ for long runs. `train` adds seeded task sampling, a progress bar, a metrics log 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .checks import BATCHINGS, check_finite, check_model, check_task_batch
+from . import distributed
+from .checkpoint import check_writable, load_checkpoint, save_checkpoint
+from .checks import BATCHINGS, check_finite, check_model, check_support_batch, check_task_batch
 from .maml import adapt_batch, choose_batching, predict_batch, task_losses
 from .progress import progress_bar
 from .speed import autocast_context
@@ -58,24 +60,67 @@ class MetaConfig:
     first_order_steps: int = 0  # derivative-order annealing: the first meta-steps are first order (FOMAML)
 
     def __post_init__(self):
-        if not (isinstance(self.inner_lr, (int, float)) and self.inner_lr > 0 and math.isfinite(self.inner_lr)):
-            raise ValueError(f"inner_lr: expected a positive finite float (α), got {self.inner_lr!r}")
-        if not (isinstance(self.meta_lr, (int, float)) and self.meta_lr > 0):
-            raise ValueError(f"meta_lr: expected a positive float (β), got {self.meta_lr!r}")
+        for name in ("first_order", "learn_inner_lr", "bf16"):  # "no" is truthy: never read a string as a switch
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        self.inner_lr = _number("inner_lr", self.inner_lr, "a positive finite float (α)", lambda v: v > 0)
+        self.meta_lr = _number("meta_lr", self.meta_lr, "a positive finite float (β)", lambda v: v > 0)
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 0:
             raise ValueError(f"inner_steps: expected an integer >= 0, got {self.inner_steps!r}")
-        if self.batching not in BATCHINGS:
+        if not isinstance(self.batching, str) or self.batching not in BATCHINGS:
             raise ValueError(f"batching: expected one of {BATCHINGS}, got {self.batching!r}")
-        if not isinstance(self.bf16, bool):
-            raise TypeError(f"bf16: expected True or False, got {self.bf16!r}")
-        if self.meta_lr_schedule not in META_LR_SCHEDULES:
+        if not isinstance(self.meta_lr_schedule, str) or self.meta_lr_schedule not in META_LR_SCHEDULES:
             raise ValueError(f"meta_lr_schedule: expected one of {META_LR_SCHEDULES}, got {self.meta_lr_schedule!r}")
-        if not (isinstance(self.meta_lr_min, (int, float)) and 0 <= self.meta_lr_min <= self.meta_lr):
-            raise ValueError(f"meta_lr_min: expected a float in [0, meta_lr={self.meta_lr}], got {self.meta_lr_min!r}")
+        self.meta_lr_min = _number("meta_lr_min", self.meta_lr_min, f"a float in [0, meta_lr={self.meta_lr}]",
+                                   lambda v: 0 <= v <= self.meta_lr)
         if isinstance(self.first_order_steps, bool) or not isinstance(self.first_order_steps, int) or self.first_order_steps < 0:
             raise ValueError(f"first_order_steps: expected an integer >= 0, got {self.first_order_steps!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip: expected a positive float or None, got {self.grad_clip!r}")
+        if self.grad_clip is not None:
+            self.grad_clip = _number("grad_clip", self.grad_clip, "a positive finite float or None", lambda v: v > 0)
+
+
+def _number(name: str, value, expected: str, ok: Callable[[float], bool]) -> float:
+    """`value` as a float if it is a finite real number that passes `ok`: TypeError for True or a string,
+    ValueError for inf, nan or a value out of range. A plain float, so that checkpoints hold no numpy scalar."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+# MetaConfig fields a resumed run may change: how the tasks are batched changes the speed, not the numbers.
+# Every other field changes what is trained, so a checkpoint resumes only with the same values.
+RESUMABLE_CONFIG_CHANGES = ("batching",)
+
+
+def config_differences(saved: Mapping, config: MetaConfig) -> dict:
+    """{field: (saved value, value now)} for every MetaConfig field that differs and may not change on resume.
+
+    A field a checkpoint predates is compared with its default (what that checkpoint was trained with)."""
+    defaults = {f.name: f.default for f in fields(MetaConfig)}
+    now = asdict(config)
+    return {k: (saved.get(k, defaults[k]), v) for k, v in now.items()
+            if k not in RESUMABLE_CONFIG_CHANGES and saved.get(k, defaults[k]) != v}
+
+
+def check_model_state(model: nn.Module, saved, where: str) -> None:
+    """Raise ValueError (message starting with `where`) unless `saved` has exactly the names and shapes of
+    `model.state_dict()`: checked before `load_state_dict`, which would copy part of it and then fail."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{where}: its model state is a {type(saved).__name__}, not a dict of tensors")
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in saved.items()}
+    if ours != theirs:
+        missing = [k for k in ours if k not in theirs]
+        extra = [k for k in theirs if k not in ours]
+        shapes = {k: (theirs[k], ours[k]) for k in ours if k in theirs and theirs[k] != ours[k]}
+        raise ValueError(
+            f"{where}: holds the parameters of another model; "
+            + "; ".join(([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+                        + ([f"shapes (checkpoint, model) {shapes}"] if shapes else []))
+        )
 
 
 def make_meta_optimizer(tensors: list[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -100,9 +145,15 @@ class MetaLearner:
 
     def __init__(self, model: nn.Module, loss_fn: Callable, config: MetaConfig | None = None):
         check_model(model)
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn: expected a function L(prediction, target), got {type(loss_fn).__name__}")
+        if config is not None and not isinstance(config, MetaConfig):
+            raise TypeError(f"config: expected a MetaConfig (or None for the defaults), got {type(config).__name__}")
         self.model, self.loss_fn = model, loss_fn
         self.config = config or MetaConfig()
         self.params = dict(model.named_parameters())  # θ
+        if not self.params:
+            raise ValueError("model: it has no parameters, so there is nothing to meta-learn")
         if self.config.learn_inner_lr:  # Meta-SGD: α has θ's shapes and is learned by the same optimizer
             self.inner_lr = {k: torch.full_like(p, self.config.inner_lr, requires_grad=True) for k, p in self.params.items()}
         else:
@@ -118,6 +169,7 @@ class MetaLearner:
     def adapt(self, support_x, support_y, steps: int | None = None, first_order: bool | None = None):
         """θ'ᵢ for each task of a batch (tasks, K, ...). Returns (θ' stacked, support losses (tasks, steps))."""
         c = self.config
+        check_support_batch(support_x, support_y)
         return adapt_batch(
             self.model, self.params, support_x.to(self.device), support_y.to(self.device),
             loss_fn=self.loss_fn, inner_lr=self.inner_lr,
@@ -132,6 +184,8 @@ class MetaLearner:
 
     def predict(self, adapted, x):
         """f_{θ'ᵢ}(xᵢ) for a batch of tasks: x (tasks, N, ...) -> (tasks, N, ...)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a tensor (tasks, N, ...), got {type(x).__name__}")
         return predict_batch(self.model, adapted, x.to(self.device), batching=self.config.batching)
 
     def meta_step(self, support_x, support_y, query_x, query_y) -> dict:
@@ -170,6 +224,10 @@ class MetaLearner:
             totals += torch.stack([loss.detach(), first.to(dtype), correct.to(dtype)])
             support_losses.append(s_losses)
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if distributed.is_distributed():  # ONE all-reduce: the meta-gradient and metrics of all ranks' tasks
+            scale = totals.new_tensor([1.0, tasks, tasks])  # per-rank means in, union means out (distributed.py)
+            totals = scale * distributed.average_gradients(grads, totals / scale, tasks=tasks,
+                                                           what=f"the all-reduce of meta-step {self.step + 1}")
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         meta, support, correct, norm = torch.cat([totals, grad_norm[None]]).tolist()  # the step's one device sync
         if not (math.isfinite(meta) and math.isfinite(norm)):
@@ -204,7 +262,32 @@ class MetaLearner:
             "config": asdict(self.config),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def check_state_dict(self, state, where: str = "state") -> None:
+        """Raise ValueError (message starting with `where`) unless `state` is a `state_dict` of this learner:
+        the same model (parameter and buffer names and shapes), the same α kind, the same configuration
+        (up to `RESUMABLE_CONFIG_CHANGES`). Nothing is loaded: call it before changing anything."""
+        keys = ("step", "model", "inner_lr", "optimizer")
+        if not isinstance(state, Mapping) or any(k not in state for k in keys):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"{where}: not a MetaLearner state; expected the keys {list(keys)}, got {got}")
+        if isinstance(state.get("config"), Mapping):
+            diff = config_differences(state["config"], self.config)
+            if diff:
+                raise ValueError(
+                    f"{where}: was trained with another configuration; resuming it would mix two experiments. "
+                    f"Differences (checkpoint, now): {diff}. Use the checkpoint's settings (only "
+                    f"{list(RESUMABLE_CONFIG_CHANGES)} may change) or start a new run elsewhere."
+                )
+        check_model_state(self.model, state["model"], where)
+        if isinstance(self.inner_lr, dict):
+            lr = state["inner_lr"]
+            if not isinstance(lr, Mapping) or {k: tuple(v.shape) for k, v in lr.items()} != \
+                    {k: tuple(v.shape) for k, v in self.inner_lr.items()}:
+                raise ValueError(f"{where}: its inner_lr is not a Meta-SGD α of this model (one tensor per parameter)")
+
+    def load_state_dict(self, state: dict, *, where: str = "state") -> None:
+        """Restore a `state_dict` (checked first, see `check_state_dict`: a mismatch changes nothing)."""
+        self.check_state_dict(state, where)
         self.model.load_state_dict(state["model"])  # copies values into the existing θ tensors
         if isinstance(self.inner_lr, dict):
             with torch.no_grad():
@@ -236,26 +319,63 @@ def train(
     Returns the metrics log (one dict every `log_every` steps). A non-finite meta-loss stops the run
     with FloatingPointError; the last good checkpoint is left untouched. `on_checkpoint(learner)` is
     called after every checkpoint is written (e.g. to keep a snapshot of θ for a learning curve).
+
+    Under torchrun (distributed.py) the same loop runs on every rank: sample_batch gets rank r's own
+    generator, seeded `distributed.rank_seed(seed, r)`, and should draw meta_batch_size // world_size
+    tasks; meta_step all-reduces the meta-gradient; rank 0 writes the checkpoints, holding every rank's
+    generator state, and a checkpoint resumes only on as many processes as wrote it.
     """
+    if not isinstance(learner, MetaLearner):
+        raise TypeError(f"learner: expected a MetaLearner, got {type(learner).__name__}")
+    if not callable(sample_batch):
+        raise TypeError(f"sample_batch: expected a function generator -> (support_x, support_y, query_x, query_y), "
+                        f"got {type(sample_batch).__name__}")
+    if on_checkpoint is not None and not callable(on_checkpoint):
+        raise TypeError(f"on_checkpoint: expected a function of the learner or None, got {type(on_checkpoint).__name__}")
     for name, v in (("iterations", iterations), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "iterations" else 1):
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    generator = torch.Generator().manual_seed(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    distributed.init()  # a no-op unless launched by torchrun (distributed.py)
+    rank, world = distributed.rank(), distributed.world_size()
+    generator = torch.Generator().manual_seed(distributed.rank_seed(seed, rank))  # rank 0: `seed` itself
     log: list[dict] = []
+    if checkpoint_path is not None:
+        check_writable(checkpoint_path, "checkpoint_path")  # before any meta-step: its work must be savable
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path)
-        learner.load_state_dict(state["learner"])
-        generator.set_state(state["generator"])
+        where = f"checkpoint_path: {checkpoint_path}"
+        if any(k not in state for k in ("learner", "generator", "log")):
+            raise ValueError(f"{where} holds no training run (learner, generator, log); it was not written by train()")
+        saved_iterations = state.get("iterations")
+        if learner.config.meta_lr_schedule != "constant" and saved_iterations not in (None, iterations):
+            raise ValueError(f"{where} was trained for iterations={saved_iterations} with a {learner.config.meta_lr_schedule} "
+                             f"β schedule, whose length is the run's: iterations={iterations} would be another run")
+        learner.check_state_dict(state["learner"], where)
+        if not isinstance(state["generator"], torch.Tensor) or state["generator"].dtype != torch.uint8:
+            raise ValueError(f"{where}: its generator state is not a torch.Generator state (uint8 tensor)")
+        generators = state.get("generators", [state["generator"]])  # one per rank (older checkpoints: one)
+        if len(generators) != world:  # each rank's task stream is seeded by its rank: another world is another run
+            raise ValueError(f"{where} was trained on {len(generators)} process(es), this run has {world}: each rank "
+                             f"draws its tasks from its own seeded generator, so another world size would be another "
+                             f"run; resume it with {len(generators)} process(es) or start a new run elsewhere")
+        learner.load_state_dict(state["learner"], where=where)
+        generator.set_state(generators[rank])
         log = list(state["log"])
+    distributed.broadcast_tensors(learner.optimizer.param_groups[0]["params"])  # every rank starts from rank 0's θ
 
     def save():
-        if checkpoint_path is not None:
-            save_checkpoint({"learner": learner.state_dict(), "generator": generator.get_state(), "log": log},
-                            checkpoint_path)
+        if checkpoint_path is None:
+            return
+        generators = distributed.gather_to_rank0(generator.get_state())  # every rank's task stream, on rank 0
+        if rank == 0:  # one writer; the ranks' θ are identical
+            save_checkpoint({"learner": learner.state_dict(), "generator": generators[0], "generators": generators,
+                             "log": log, "iterations": iterations}, checkpoint_path)
             if on_checkpoint is not None:
                 on_checkpoint(learner)
 
-    bar = progress_bar(total=iterations, initial=learner.step, desc=desc, disable=not progress)
+    bar = progress_bar(total=iterations, initial=learner.step, desc=desc, disable=not progress or rank != 0)
     running = None
     try:
         while learner.step < iterations:

@@ -281,6 +281,8 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
 def read_csv(path: Path) -> list[dict]:
     """Rows written by `write_csv`, numbers as numbers (to re-plot a run: --replot)."""
     def value(v):
+        if not isinstance(v, str):  # a short row's missing cells (None), a long row's extra ones (a list)
+            return v
         try:
             return int(v)
         except ValueError:
@@ -290,6 +292,23 @@ def read_csv(path: Path) -> list[dict]:
                 return v
     with open(path, newline="") as f:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def check_rows(rows: list[dict], path) -> None:
+    """Raise ValueError unless `rows` look like a CSV of `write_csv`: its columns, known sections, numbers."""
+    if not rows:
+        raise ValueError(f"{path} holds no rows; expected a CSV written by python -m mamlkit.bench")
+    missing = [c for c in COLUMNS if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} is not a CSV written by python -m mamlkit.bench: it lacks the columns {missing}")
+    numeric = {"time": ("meta_batch_size", "inner_steps", "ms_median", "peak_mb"),
+               "memory": ("inner_steps", "peak_mb")}
+    for i, r in enumerate(rows, start=2):  # line 1 is the header
+        if r["section"] not in numeric:
+            raise ValueError(f"{path}, line {i}: section {r['section']!r}, expected one of {list(numeric)}")
+        bad = [c for c in numeric[r["section"]] if isinstance(r[c], str) or r[c] is None]
+        if bad:
+            raise ValueError(f"{path}, line {i}: expected numbers in the columns {bad}, got {[r[c] for c in bad]}")
 
 
 def run(plan: Plan, device: str = "cpu", out: Path | None = RESULTS, threads: int | None = None,
@@ -383,8 +402,12 @@ def main(argv=None) -> int:
     if args.replot is not None:
         if not args.replot.is_file():
             parser.error(f"argument --replot: no CSV at {args.replot}")
-        rows = read_csv(args.replot)
-        plot(rows, args.replot.with_suffix(".png"), rows[0]["device"])
+        try:  # everything about the file before the plot is drawn: one line, never a traceback
+            rows = read_csv(args.replot)
+            check_rows(rows, args.replot)
+            plot(rows, args.replot.with_suffix(".png"), rows[0]["device"])
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+            parser.error(f"argument --replot: {' '.join(str(e).split())}")
         print(f"wrote {args.replot.with_suffix('.png')}")
         return 0
     torch.set_num_threads(args.threads)

@@ -31,12 +31,35 @@ In a notebook, each exercise cell is followed by a check cell:
 A check is a function `check(fn)` that raises `ExerciseError("feedback naming the likely mistake")`.
 An exercise not done yet (the stub raises NotImplementedError) is not an error: a notice is printed
 and mamlkit's reference is returned, so every later cell still runs.
+
+nbgrader. The generator also gives every cell nbgrader's cell metadata (schema 3), derived from the
+markers alone, so `nbgrader generate_assignment` accepts `solutions/` as its source notebooks:
+
+    cell                                        nbgrader metadata                    grade_id
+    code cell with ### BEGIN SOLUTION           solution, not graded, editable       nbNN_exK
+    the code cell right after it, calling       graded, locked, POINTS points        nbNN_exK_check
+      check_exercise(...) (the check cell)        (autograded: it scores 0 if it raises)
+    markdown cell with <!-- BEGIN SOLUTION -->  solution and graded, POINTS points   nbNN_exK
+                                                  (nbgrader requires both; graded by hand)
+    every other cell                            locked (read-only: autograde runs     nbNN_ro_<cell id>
+                                                  the instructor's version)
+
+NN is the notebook's number (01_... -> nb01), K counts the notebook's exercises from 1, and a cell id
+never changes once set, so the grade ids are the same on every run. Every exercise is worth POINTS = 1.
+
+While nbgrader executes a notebook (`nbgrader autograde` or `nbgrader validate`: it sets the
+environment variable NBGRADER_EXECUTION), `check_exercise` grades instead of helping: an exercise not
+done, wrong, or crashing makes the check cell raise (0 points for it), after putting mamlkit's
+reference in place of the learner's function in the notebook's namespace, so the cells after it
+still run and earn their own points. Outside nbgrader (a learner, `pytest --nbval`) nothing changes.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -52,6 +75,10 @@ BEGIN_ANSWER = "<!-- BEGIN SOLUTION -->"
 END_ANSWER = "<!-- END SOLUTION -->"
 ANSWER_STUB = "YOUR ANSWER HERE"
 NBVAL_TAG = "nbval-ignore-output"
+CHECK_CALL = "check_exercise("  # what makes the code cell after an exercise its (graded) check cell
+POINTS = 1  # nbgrader points of each exercise
+NBGRADER_SCHEMA = 3  # nbgrader's cell-metadata schema_version (nbgrader 0.7-0.9)
+GRADING_ENV = "NBGRADER_EXECUTION"  # set by nbgrader while it executes a notebook: 'autograde' or 'validate'
 
 REPO = PACKAGE.parent  # the repository root of a source checkout: solutions/ and notebooks/ (paths.py)
 
@@ -64,8 +91,26 @@ class MarkerError(ValueError):
     """Unbalanced `### BEGIN SOLUTION` / `### END SOLUTION` markers in a solution notebook."""
 
 
+class ExerciseNotDone(ExerciseError):
+    """Raised under nbgrader only: the exercise still raises NotImplementedError (it scores 0 points)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # checking answers inside a notebook
+
+
+def grading() -> bool:
+    """True while nbgrader executes the notebook (`nbgrader autograde` / `nbgrader validate` set
+    NBGRADER_EXECUTION): `check_exercise` then raises for an exercise that is not done or wrong."""
+    return bool(os.environ.get(GRADING_ENV))
+
+
+def _stand_in(fn: Callable, reference: Callable, namespace: dict) -> list[str]:
+    """Rebind every name of `namespace` bound to `fn` to `reference`; return those names."""
+    names = [name for name, value in list(namespace.items()) if value is fn]
+    for name in names:
+        namespace[name] = reference
+    return names
 
 
 def check_exercise(title: str, fn: Callable, *, reference: Callable, checks: Iterable[Callable]) -> Callable:
@@ -76,6 +121,11 @@ def check_exercise(title: str, fn: Callable, *, reference: Callable, checks: Ite
     - a check raises ExerciseError: it propagates, and the notebook stops on its feedback;
     - the learner's function raises anything else: an ExerciseError naming the check and the error;
     - every check passes: print "✓ <title>: N checks passed" and return `fn`.
+
+    Under nbgrader (`grading()`: autograde or validate) every failure raises, so that the graded check
+    cell scores 0: not done raises ExerciseNotDone. Before raising, the names of the calling notebook's
+    namespace that are bound to `fn` are rebound to `reference`, as the assignment
+    `name = check_exercise(...)` would have done, so that the later cells still run.
     """
     if not isinstance(title, str) or not title:
         raise TypeError(f"title: expected a non-empty string naming the exercise, got {title!r}")
@@ -86,20 +136,38 @@ def check_exercise(title: str, fn: Callable, *, reference: Callable, checks: Ite
     checks = list(checks)
     if not checks or not all(callable(c) for c in checks):
         raise TypeError(f"checks: expected a non-empty list of functions check(fn) for {title!r}")
+
+    def graded_failure(error: ExerciseError) -> ExerciseError:
+        """Under nbgrader: put `reference` in place of `fn` in the caller's namespace, say so in `error`."""
+        frame = sys._getframe(2)  # graded_failure <- check_exercise <- the notebook cell
+        try:
+            names = _stand_in(fn, reference, frame.f_globals)
+        finally:
+            del frame
+        where = f" in place of {', '.join(names)}" if names else ""
+        error.args = (f"{error.args[0] if error.args else title}\n(graded: 0 points for {title!r}; mamlkit's "
+                      f"reference now stands{where} so that the later cells still run)",)
+        return error
+
     for i, check in enumerate(checks, 1):
         try:
             check(fn)
-        except NotImplementedError:
+        except NotImplementedError as e:
+            if grading():
+                raise graded_failure(ExerciseNotDone(f"✗ {title}: not done yet (the stub raises NotImplementedError)")) from e
             print(f"✗ {title}: not done yet — carrying on with mamlkit's reference so later cells still run.")
             return reference
-        except ExerciseError:
+        except ExerciseError as e:
+            if grading():
+                raise graded_failure(e)
             raise
         except Exception as e:  # the learner's code crashed: say where, keep the original traceback
             name = getattr(check, "__name__", f"check {i}")
-            raise ExerciseError(
+            error = ExerciseError(
                 f"{title}: check {i} of {len(checks)} ({name}) could not run your function: "
                 f"{type(e).__name__}: {e}"
-            ) from e
+            )
+            raise (graded_failure(error) if grading() else error) from e
     print(f"✓ {title}: {len(checks)} checks passed")
     return fn
 
@@ -178,9 +246,51 @@ def _has_solution(cell) -> bool:
     return cell.get("cell_type") == "markdown" and BEGIN_ANSWER in src
 
 
+def notebook_key(name: str) -> str:
+    """The prefix of a notebook's nbgrader grade ids: "solutions/01_maml.ipynb" -> "nb01" (else the stem)."""
+    stem = Path(name).stem
+    number = re.match(r"\d+", stem)
+    return f"nb{number.group(0)}" if number else (re.sub(r"[^A-Za-z0-9_-]", "_", stem) or "nb")
+
+
+def _nbgrader(grade_id: str, *, solution=False, grade=False, locked=False, points=None) -> dict:
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": NBGRADER_SCHEMA,
+            "solution": solution}
+    if grade:
+        meta["points"] = points
+    return meta
+
+
+def nbgrader_metadata(nb, name: str = "notebook"):
+    """Set every cell's nbgrader metadata (in place; the scheme is in the module docstring) and return `nb`.
+
+    Derived from the solution markers and cell ids only, replacing whatever nbgrader metadata the cells had:
+    an exercise's solution cell, its check cell (the next code cell, when it calls check_exercise), and
+    every other cell locked."""
+    key, exercise, after_exercise = notebook_key(name), 0, False
+    for cell in nb["cells"]:
+        meta = cell.setdefault("metadata", {})
+        code = cell["cell_type"] == "code"
+        if _has_solution(cell):
+            exercise += 1
+            meta["nbgrader"] = _nbgrader(f"{key}_ex{exercise}", solution=True, grade=not code,
+                                         points=POINTS if not code else None)
+            after_exercise = code
+            continue
+        if code and after_exercise and CHECK_CALL in _source(cell):
+            meta["nbgrader"] = _nbgrader(f"{key}_ex{exercise}_check", grade=True, locked=True, points=POINTS)
+        else:
+            cell_id = re.sub(r"[^A-Za-z0-9_-]", "_", cell["id"])
+            meta["nbgrader"] = _nbgrader(f"{key}_ro_{cell_id}", locked=True)
+        if code:
+            after_exercise = False
+    return nb
+
+
 def normalize(nb, name: str = "notebook"):
     """A copy of `nb` as stored in the repository: no outputs, no execution counts, cell ids set,
-    every code cell tagged `nbval-ignore-output`. Deterministic: the same input gives the same output."""
+    every code cell tagged `nbval-ignore-output`, nbgrader metadata on every cell (`nbgrader_metadata`).
+    Deterministic: the same input gives the same output."""
     if nb.get("nbformat") != 4:
         raise ValueError(f"{name}: expected an nbformat 4 notebook, got nbformat {nb.get('nbformat')!r}")
     nb = copy.deepcopy(nb)
@@ -202,7 +312,7 @@ def normalize(nb, name: str = "notebook"):
         else:
             cell.pop("outputs", None)
             cell.pop("execution_count", None)
-    return nb
+    return nbgrader_metadata(nb, name)
 
 
 def student_version(nb, name: str = "notebook"):

@@ -33,6 +33,14 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, *, rotation: floa
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 3 or x.shape[-3] != 1:
         what = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected float images (..., 1, H, W), got {what}")
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        what = f"one on {generator.device}" if isinstance(generator, torch.Generator) else type(generator).__name__
+        raise TypeError(f"generator: expected a CPU torch.Generator (e.g. torch.Generator().manual_seed(0)), got {what}")
+    for name, v in (("rotation", rotation), ("shear", shear), ("scale", scale), ("shift", shift)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}: expected a finite number >= 0 (the half-width of a uniform draw), got {v!r}")
+    if scale >= 1:
+        raise ValueError(f"scale: expected a number in [0, 1): factors 1 ± scale must stay positive, got {scale!r}")
     lead, (h, w) = x.shape[:-3], x.shape[-2:]
     images = x.reshape(-1, 1, h, w)  # (n, 1, H, W)
     n = images.shape[0]

@@ -322,12 +322,22 @@ def load_omniglot(path: str | os.PathLike | None = None, *, cache_dir: str | os.
     finally:
         for s in opened:
             s.close()
-    atomic_save({"format": CACHE_FORMAT, "fingerprint": fingerprint, "images": images, "names": names}, cache_file)
+    try:
+        atomic_save({"format": CACHE_FORMAT, "fingerprint": fingerprint, "images": images, "names": names}, cache_file)
+    except OSError as e:  # a read-only or full cache folder: the images are read, so go on without the cache
+        warnings.warn(f"cache_dir: could not write the processed cache into {cache_dir} ({e.strerror or e}); "
+                      f"continuing without it (the images will be read again next time). Set MAMLKIT_CACHE "
+                      f"or cache_dir to a writable folder to cache them.", stacklevel=2)
     return OmniglotData(images, names, description, from_cache=False)  # (characters, 20, 28, 28)
 
 
 # ----------------------------------------------------------------------------------------------
 # splits and augmentation, as in the paper
+
+
+def _check_data(data) -> None:
+    if not isinstance(data, OmniglotData):
+        raise TypeError(f"data: expected an OmniglotData (load_omniglot, make_glyphs), got {type(data).__name__}")
 
 
 def split_characters(data: OmniglotData, *, test_characters: int | None = None, seed: int = 0):
@@ -337,7 +347,12 @@ def split_characters(data: OmniglotData, *, test_characters: int | None = None, 
     423 of 1,623 (1,200 train), rounded: 423 for full Omniglot, 63 for the 242-character subset.
     The same data and seed give the same split; the two splits share no character.
     """
+    _check_data(data)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an integer, got {seed!r}")
     total = len(data.names)
+    if total < 2:
+        raise ValueError(f"data: {total} character(s); a train/test split needs at least 2")
     if test_characters is None:
         test_characters = round(total * 423 / 1623)
     if isinstance(test_characters, bool) or not isinstance(test_characters, int) or not 0 < test_characters < total:
@@ -366,6 +381,10 @@ def split_alphabets(data: OmniglotData, test_alphabets=TEST_ALPHABETS):
     accuracy measures adaptation to new *alphabets*, as the paper's split (its test characters are the
     last 423 in alphabet order, mostly whole alphabets) and Lake et al.'s one-shot evaluation do.
     """
+    _check_data(data)
+    if isinstance(test_alphabets, str) or not all(isinstance(a, str) for a in test_alphabets):
+        raise TypeError(f"test_alphabets: expected a list of alphabet names, got {test_alphabets!r}"
+                        + (f"; for one alphabet write [{test_alphabets!r}]" if isinstance(test_alphabets, str) else ""))
     present = set(data.alphabets)
     missing = [a for a in test_alphabets if a not in present]
     if not test_alphabets or missing:

@@ -34,8 +34,9 @@ Command line (each run is resumable: run the same command again after an interru
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,13 +44,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..checkpoint import load_checkpoint, save_checkpoint, sha256
+from .. import distributed
+from ..checkpoint import check_writable, load_checkpoint, save_checkpoint, sha256
+from ..checks import check_device, check_inner_lr, check_model, check_steps
 from ..data.augment import augment_tasks
 from ..evaluation import adaptation_curve, mean_ci95
 from ..maml import adapt
 from ..models.conv4 import DOWNSAMPLES, make_conv4
 from ..paths import WEIGHTS  # shipped checkpoints and their results table
-from ..trainer import MetaConfig, MetaLearner, train
+from ..trainer import MetaConfig, MetaLearner, check_model_state, train
 
 RESULTS_JSON = WEIGHTS / "omniglot_results.json"
 SIZE = 28  # Omniglot images are downsampled to 28x28 (the paper, after Santoro et al. 2016)
@@ -117,7 +120,11 @@ class FewShotConfig:
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample: expected one of {DOWNSAMPLES}, got {self.downsample!r}")
-        self.meta_config()  # checks inner_lr, meta_lr, inner_steps
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        check_device(self.device, "device")  # a device this machine has, before a model is built on it
+        meta = self.meta_config()  # checks inner_lr, meta_lr, inner_steps, the schedule
+        self.inner_lr, self.meta_lr = meta.inner_lr, meta.meta_lr  # plain floats (a checkpoint holds no numpy scalar)
 
     def meta_config(self) -> MetaConfig:
         return MetaConfig(inner_lr=self.inner_lr, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
@@ -149,9 +156,30 @@ class FewShotLearner(MetaLearner):
     def __init__(self, model: nn.Module, config: FewShotConfig):
         super().__init__(model, F.cross_entropy, config.meta_config())
         self.fewshot = config
+        self.data_sha256: str | None = None  # `data_fingerprint` of the training images (set by train_fewshot)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "fewshot": asdict(self.fewshot)}
+        state = {**super().state_dict(), "fewshot": asdict(self.fewshot)}
+        if self.data_sha256 is not None:
+            state["data_sha256"] = self.data_sha256
+        return state
+
+
+def data_fingerprint(images: torch.Tensor) -> str:
+    """sha256 of the training images' dtype, shape and bytes (~30 ms for 3,856 x 20 x 28 x 28 uint8)."""
+    x = images.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{x.dtype} {tuple(x.shape)}\n".encode())
+    h.update(x.reshape(-1).view(torch.uint8).numpy().data)  # the raw bytes, without a copy
+    return h.hexdigest()
+
+
+def _check_same_data(checkpoint_path: Path, fingerprint: str) -> None:
+    saved = load_checkpoint(checkpoint_path)["learner"].get("data_sha256")
+    if saved is not None and saved != fingerprint:  # checkpoints written before the fingerprint: accepted
+        raise ValueError(
+            f"data: {checkpoint_path} was trained on other images (sha256 {saved[:12]}..., these {fingerprint[:12]}...); "
+            f"resuming it would mix two experiments. Pass the same data (or --data) or use another checkpoint_path."
+        )
 
 
 def make_learner(config: FewShotConfig) -> FewShotLearner:
@@ -163,7 +191,10 @@ def make_learner(config: FewShotConfig) -> FewShotLearner:
 
 
 def _check_resumable(config: FewShotConfig, checkpoint_path: Path) -> None:
-    saved = load_checkpoint(checkpoint_path)["learner"].get("fewshot")
+    state = load_checkpoint(checkpoint_path)
+    if not isinstance(state.get("learner"), dict):
+        raise ValueError(f"checkpoint_path: {checkpoint_path} holds no training run; it was not written by train_fewshot")
+    saved = state["learner"].get("fewshot")
     if saved is None:
         raise ValueError(f"checkpoint_path: {checkpoint_path} holds no FewShotConfig; it was not written by train_fewshot")
     saved, now = saved_config(saved), asdict(config)
@@ -229,15 +260,27 @@ def train_fewshot(config: FewShotConfig, *, checkpoint_path, data: torch.Tensor 
         raise TypeError(f"config: expected a FewShotConfig, got {type(config).__name__}")
     if checkpoint_path is None:
         raise ValueError("checkpoint_path: expected a file path (the run is checkpointed and resumable)")
-    checkpoint_path = Path(checkpoint_path)
+    checkpoint_path = check_writable(checkpoint_path, "checkpoint_path")  # before hours of training, not after
+    if data is not None and (not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.ndim != 4):
+        what = f"{data.dtype} {tuple(data.shape)}" if isinstance(data, torch.Tensor) else type(data).__name__
+        raise ValueError(f"data: expected uint8 images (classes, examples, 28, 28), strokes 255, or None; got {what}")
+    distributed.init()  # a no-op unless launched by torchrun (distributed.py)
+    local_batch = distributed.local_batch_size(config.meta_batch_size)  # this rank's tasks per meta-step
+    resuming = checkpoint_path.exists()
+    if resuming:
+        _check_resumable(config, checkpoint_path)  # the cheap check first: before the data is read
     if data is None:
         _, train_set, _ = omniglot_split(split=config.split)
         data = rotate_classes(train_set.images)  # (4 * characters, 20, 28, 28)
-    if checkpoint_path.exists():
-        _check_resumable(config, checkpoint_path)
+    fingerprint = data_fingerprint(data)
+    if resuming:
+        _check_same_data(checkpoint_path, fingerprint)
+    if distributed.is_distributed():  # "cuda" -> this rank's GPU, cuda:LOCAL_RANK
+        config = replace(config, device=str(distributed.local_device(config.device)))
     learner = make_learner(config)
+    learner.data_sha256 = fingerprint
     sampler = EpisodeSampler(data.to(config.device), n_way=config.n_way, k_shot=config.k_shot,
-                             q_query=config.q_query, meta_batch_size=config.meta_batch_size)
+                             q_query=config.q_query, meta_batch_size=local_batch)
     sample = sampler.sample
     if config.augment:  # new drawings of the training characters in every task (augment.py)
         def sample(generator):
@@ -266,6 +309,10 @@ def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int,
     examples, 28, 28), classes never seen in training. Accuracies are fractions in [0, 1]; the CI is
     1.96 σ / √tasks (`mean_ci95`), as in the paper's Table 1. Every query batch (n_way * q_query
     images) is normalized with its own batch statistics, as the paper (see conv4.py).
+
+    In a distributed run (distributed.py) every rank must call it: each draws the same seeded tasks,
+    adapts only its block of them (`distributed.shard`), and the accuracies are gathered in task order
+    before the CI, so the result is the one-process result.
     """
     from ..data.episodes import EpisodeSampler
 
@@ -283,6 +330,12 @@ def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int,
                         f"got {type(learner_or_model).__name__}")
     if inner_lr is None or steps is None:
         raise ValueError("inner_lr, steps: required when evaluating a bare nn.Module (α and the number of inner steps)")
+    if not isinstance(test_images, torch.Tensor) or test_images.dtype != torch.uint8 or test_images.ndim != 4:
+        what = f"{test_images.dtype} {tuple(test_images.shape)}" if isinstance(test_images, torch.Tensor) \
+            else type(test_images).__name__
+        raise ValueError(f"test_images: expected uint8 images (classes, examples, 28, 28), strokes 255; got {what}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     _positive_int("tasks", tasks)
     _positive_int("chunk", chunk)
     if tasks < 2:
@@ -292,7 +345,7 @@ def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int,
                              meta_batch_size=min(chunk, tasks))
     generator = torch.Generator().manual_seed(seed)
     accuracies = []
-    done = 0
+    done, mine = 0, distributed.shard(tasks)  # this rank's block of the tasks (all of them in one process)
     while done < tasks:
         support_x, support_y, query_x, query_y = (t[: tasks - done] for t in sampler.sample(generator))
         if done == 0:
@@ -300,11 +353,15 @@ def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int,
                 classes = functional_call(model, params, (support_x[0],)).shape[-1]
             if classes != n_way:
                 raise ValueError(f"n_way: the model has {classes} outputs but the tasks are {n_way}-way")
-        curve = adaptation_curve(model, params, support_x, support_y, query_x, query_y, loss_fn=F.cross_entropy,
-                                 inner_lr=inner_lr, steps=steps, accuracy=True)
-        accuracies.append(curve["accuracy"][:, steps])  # (chunk,) accuracy of θ' after `steps` steps
-        done += support_x.shape[0]
-    return mean_ci95(torch.cat(accuracies))
+        n, lo, hi = support_x.shape[0], max(mine.start - done, 0), min(mine.stop - done, support_x.shape[0])
+        if lo < hi:  # every rank draws every task (the same stream), adapts only its own
+            curve = adaptation_curve(model, params, support_x[lo:hi], support_y[lo:hi], query_x[lo:hi],
+                                     query_y[lo:hi], loss_fn=F.cross_entropy, inner_lr=inner_lr, steps=steps,
+                                     accuracy=True)
+            accuracies.append(curve["accuracy"][:, steps])  # (chunk,) accuracy of θ' after `steps` steps
+        done += n
+    local = torch.cat(accuracies) if accuracies else torch.zeros(0, device=device)
+    return mean_ci95(distributed.gather_tasks(local, tasks))  # every rank's block, in task order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,19 +381,30 @@ class FewShotClassifier:
     """
 
     def __init__(self, model: nn.Module, *, n_way: int, inner_lr: float, steps: int, config: FewShotConfig | None = None):
+        check_model(model)
         self.model, self.params = model, dict(model.named_parameters())
+        check_inner_lr(inner_lr, self.params)
+        check_steps(steps)
         self.n_way, self.inner_lr, self.steps = _positive_int("n_way", n_way), inner_lr, steps
         self.config = config
 
     @classmethod
     def from_checkpoint(cls, path, *, device: str = "cpu") -> "FewShotClassifier":
+        check_device(device, "device")
         state = load_checkpoint(path, map_location=device)
-        saved = state["learner"].get("fewshot")
+        learner = state.get("learner")
+        if not isinstance(learner, dict) or "model" not in learner:
+            raise ValueError(f"path: {path} holds no learner; expected a checkpoint of train_fewshot")
+        saved = learner.get("fewshot")
         if saved is None:
             raise ValueError(f"path: {path} holds no FewShotConfig; expected a checkpoint of train_fewshot")
-        config = FewShotConfig(**{**saved_config(saved), "device": device})
+        try:
+            config = FewShotConfig(**{**saved_config(saved), "device": device})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"path: {path} holds an invalid FewShotConfig ({e})") from e
         model = make_conv4(config.n_way, width=config.width, downsample=config.downsample).to(device)
-        model.load_state_dict(state["learner"]["model"])
+        check_model_state(model, learner["model"], f"path: {path}")
+        model.load_state_dict(learner["model"])
         for p in model.parameters():
             p.requires_grad_(False)  # θ is fixed here: only θ' (a new tensor per call) is computed
         return cls(model, n_way=config.n_way, inner_lr=config.inner_lr, steps=config.test_steps, config=config)
@@ -361,10 +429,22 @@ class FewShotClassifier:
                     f"{tuple(images.shape)}; pass images of another size as a list (or numpy array) to have "
                     f"them preprocessed (mamlkit.data.preprocess.preprocess)"
                 )
+            if images.is_floating_point():  # NaN would become a silent wrong label; 0..255 floats a saturated one
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError(f"{name}: holds NaN or inf pixels; expected floats in [0, 1]")
+                lo, hi = float(x.min()), float(x.max())
+                if lo < 0.0 or hi > 1.0:
+                    raise ValueError(f"{name}: float pixels must lie in [0, 1] (strokes 1 on background 0), got "
+                                     f"{lo:.4g}..{hi:.4g}" + (" (divide 0..255 images by 255)" if hi > 1 else ""))
         else:
             from ..data.preprocess import preprocess
 
-            x = preprocess(images).unsqueeze(1).float() / 255.0  # (n, 1, 28, 28), strokes 1
+            try:
+                x = preprocess(images).unsqueeze(1).float() / 255.0  # (n, 1, 28, 28), strokes 1
+            except (TypeError, ValueError) as e:  # preprocess names its argument "images": name ours
+                message = str(e)
+                message = name + message[len("images"):] if message.startswith("images:") else f"{name}: {message}"
+                raise type(e)(message) from e
         return x.to(self.device, torch.float32)
 
     def labels(self, labels, n: int) -> torch.Tensor:
@@ -430,10 +510,11 @@ def load_pretrained(n_way: int = 5, k_shot: int = 1, first_order: bool = False) 
 def export_weights(checkpoint_path, out_path) -> Path:
     """A checkpoint without the meta-optimizer's state and the RNG: θ, α, the config and the log (~1/3 the size)."""
     state = load_checkpoint(checkpoint_path)
-    learner = {k: state["learner"][k] for k in ("step", "model", "inner_lr", "config", "fewshot")}
+    learner = {k: state["learner"][k] for k in ("step", "model", "inner_lr", "config", "fewshot", "data_sha256")
+               if k in state["learner"]}
     return save_checkpoint({"learner": learner, "log": state["log"]}, out_path)
 
 
 __all__ = ["FewShotConfig", "FewShotLearner", "FewShotClassifier", "make_learner", "omniglot_split", "snapshot_dir",
-           "train_fewshot", "evaluate_fewshot", "load_pretrained", "export_weights", "saved_config",
+           "train_fewshot", "evaluate_fewshot", "load_pretrained", "export_weights", "saved_config", "data_fingerprint",
            "PAPER", "RESULTS_JSON", "WEIGHTS", "SIZE", "SPLITS", "RESUMABLE_CHANGES"]

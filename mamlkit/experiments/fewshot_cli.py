@@ -14,6 +14,8 @@ from dataclasses import fields
 
 import torch
 
+from .. import distributed
+from ..checkpoint import check_writable
 from ..cli import device, int_at_least, nonnegative_int, positive_float, positive_int
 from ..models.conv4 import DOWNSAMPLES
 from . import fewshot
@@ -122,8 +124,8 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
         _run_command(args, argv)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:  # a clear message, no traceback
-        raise SystemExit(f"{PROG} {args.command}: error: {e}") from e
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:  # a clear message, no traceback
+        raise SystemExit(f"{PROG} {args.command}: error: {' '.join(str(e).split())}") from e
 
 
 def _run_command(args, argv) -> None:
@@ -132,6 +134,12 @@ def _run_command(args, argv) -> None:
         names = {f.name for f in fields(FewShotConfig)}
         given = {k: v for k, v in vars(args).items() if k in names and v is not None}
         config = FewShotConfig(**given)
+        distributed.init()  # under torchrun: one rank per process, each on meta_batch_size / world_size tasks
+        distributed.local_batch_size(config.meta_batch_size)
+        # before any data is read or any step is taken: a path that cannot be saved, a run that cannot resume
+        out = check_writable(args.out, "--out")
+        if out.exists():
+            fewshot._check_resumable(config, out)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         data = None
@@ -141,9 +149,11 @@ def _run_command(args, argv) -> None:
             data = rotate_classes(fewshot.omniglot_split(args.data, split=config.split)[1].images)
         learner, log = train_fewshot(config, checkpoint_path=args.out, data=data, snapshots=args.snapshots,
                                      checkpoint_every=args.checkpoint_every)
-        print(f"{config.name}: {learner.step} meta-steps, last logged meta-loss {log[-1]['meta_loss']:.4f}, "
-              f"accuracy {log[-1].get('accuracy', float('nan')):.3f} -> {args.out}")
+        if distributed.rank() == 0:
+            print(f"{config.name}: {learner.step} meta-steps, last logged meta-loss {log[-1]['meta_loss']:.4f}, "
+                  f"accuracy {log[-1].get('accuracy', float('nan')):.3f} -> {args.out}")
     elif args.command == "evaluate":
+        distributed.init()  # under torchrun: the test tasks are shared out among the ranks
         classifier = FewShotClassifier.from_checkpoint(args.path)
         c = classifier.config
         _, _, test_set = fewshot.omniglot_split(args.data, split=c.split)
@@ -151,8 +161,9 @@ def _run_command(args, argv) -> None:
         accuracy, ci95 = evaluate_fewshot(classifier, test_set.images, n_way=c.n_way, k_shot=c.k_shot,
                                           tasks=args.tasks, steps=steps, seed=args.seed)
         paper = PAPER.get((c.n_way, c.k_shot, c.first_order))
-        print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
-              f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
+        if distributed.rank() == 0:
+            print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
+                  f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
     elif args.command == "bf16":
         from . import fewshot_results
 

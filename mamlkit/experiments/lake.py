@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, check_writable
 from ..cli import nonnegative_int, positive_int
 from ..data.omniglot import (
     CHARACTER_PATTERN,
@@ -418,6 +418,8 @@ def main(argv=None) -> None:
         _check_runs_seed(args.runs, args.seed)
         _check_steps(args.steps)
         alphabets = _check_alphabets(args.alphabets)
+        if args.json is not None:
+            check_writable(args.json, "--json")  # before the runs, not after them
         from .fewshot import FewShotClassifier
 
         classifier = FewShotClassifier.from_checkpoint(args.checkpoint)

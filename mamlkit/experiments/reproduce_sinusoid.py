@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..checkpoint import atomic_write_text, save_checkpoint, sha256
 from ..cli import nonnegative_int, positive_int
 from ..evaluation import adaptation_curve, mean_ci95
@@ -39,15 +40,19 @@ PAPER = {  # Finn et al. 2017, App. C.1, K=5 (MSE after 1 / 5 / 10 gradient step
 EVAL_STEPS = [1, 5, 10]
 
 
-def run_one(k_shot: int, iterations: int, seed: int, run_dir: Path, weights_dir: Path, progress: bool) -> dict:
+def run_one(k_shot: int, iterations: int, seed: int, run_dir: Path, weights_dir: Path, progress: bool,
+            meta_batch_size: int = 25) -> dict | None:
     torch.manual_seed(seed)  # the MLP's initialization
     maml_model = make_mlp()
     learner = MetaLearner(maml_model, F.mse_loss, MetaConfig(inner_lr=0.01, meta_lr=1e-3, inner_steps=1))
+    tasks = distributed.local_batch_size(meta_batch_size)  # under torchrun: this rank's share of the meta-batch
+    name = f"maml_k{k_shot}_{iterations}" + ("" if meta_batch_size == 25 else f"_mb{meta_batch_size}")
     t0 = time.perf_counter()
-    train(learner, lambda g: sample_tasks(25, k_shot, generator=g).tensors(), iterations=iterations, seed=seed,
-          checkpoint_path=run_dir / f"maml_k{k_shot}_{iterations}.pt", checkpoint_every=5000,
-          progress=progress, desc=f"MAML K={k_shot}")
+    train(learner, lambda g: sample_tasks(tasks, k_shot, generator=g).tensors(), iterations=iterations, seed=seed,
+          checkpoint_path=run_dir / f"{name}.pt", checkpoint_every=5000, progress=progress, desc=f"MAML K={k_shot}")
     maml_seconds = time.perf_counter() - t0
+    if distributed.rank() != 0:  # the ranks' θ are identical: rank 0 trains the baseline, evaluates, writes
+        return None
 
     torch.manual_seed(seed)
     pretrained = make_mlp()
@@ -99,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=positive_int, default=70_000,
                    help="meta-iterations (default 70000, the paper's)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the initialization and the tasks (default 0)")
+    p.add_argument("--meta-batch-size", type=positive_int, default=25,
+                   help="tasks per meta-step (default 25, the paper's); under torchrun a multiple of the processes")
     p.add_argument("--run-dir", type=Path, default=Path("runs/sinusoid"),
                    help="resumable training checkpoints (default runs/sinusoid)")
     p.add_argument("--weights-dir", type=Path, default=PACKAGE / "weights",
@@ -115,11 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    distributed.init()  # a no-op unless launched by torchrun (distributed.py)
+    try:
+        distributed.local_batch_size(args.meta_batch_size)  # a meta-batch the ranks cannot share: refused up front
+    except ValueError as e:
+        raise SystemExit(f"python -m mamlkit.experiments.reproduce_sinusoid: error: {e}") from e
     t0 = time.perf_counter()
-    rows = [run_one(k, args.iterations, args.seed, args.run_dir, args.weights_dir, not args.no_progress) for k in args.k_shot]
+    rows = [run_one(k, args.iterations, args.seed, args.run_dir, args.weights_dir, not args.no_progress,
+                    args.meta_batch_size) for k in args.k_shot]
     wall = time.perf_counter() - t0
+    if distributed.rank() != 0:
+        return
     report = {
-        "command": "python -m mamlkit.experiments.reproduce_sinusoid" + ("" if args.iterations == 70_000 else f" --iterations {args.iterations}"),
+        "command": "python -m mamlkit.experiments.reproduce_sinusoid" + ("" if args.iterations == 70_000 else f" --iterations {args.iterations}")
+        + ("" if args.meta_batch_size == 25 else f" --meta-batch-size {args.meta_batch_size}"),
+        "processes": distributed.world_size(),
         "wall_seconds": round(wall, 1),
         "hardware": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "torch": torch.__version__,
