@@ -57,7 +57,9 @@ def maybe_compile(fn: Callable, enabled: bool = True, **compile_kwargs) -> Calla
     cannot trace, or MAML's second order: in torch 2.13 a compiled graph cannot be differentiated with
     create_graph=True, which the inner loop needs), it warns once, naming the error, and from then on
     runs `fn` uncompiled. Errors of `fn` itself are not swallowed: they reappear from the uncompiled call.
-    Where it works: FOMAML's meta-loss, the query pass, evaluation (first-order graphs only).
+    Where it works: FOMAML's meta-loss, the query pass, evaluation (first-order graphs only). MAML's
+    meta-loss may compile, but its backward then raises torch's "does not currently support double
+    backward" (aot_autograd): that failure comes after this function returns, so it cannot fall back.
     Note: a compiled function that fails half-way may have run part of its side effects; compile
     side-effect-free functions (a loss), not an optimizer step.
     """
