@@ -356,6 +356,9 @@ def train(
         if not isinstance(state["generator"], torch.Tensor) or state["generator"].dtype != torch.uint8:
             raise ValueError(f"{where}: its generator state is not a torch.Generator state (uint8 tensor)")
         generators = state.get("generators", [state["generator"]])  # one per rank (older checkpoints: one)
+        if not isinstance(generators, list) or not all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8
+                                                        for g in generators):
+            raise ValueError(f"{where}: its per-rank generator states are not a list of torch.Generator states")
         if len(generators) != world:  # each rank's task stream is seeded by its rank: another world is another run
             raise ValueError(f"{where} was trained on {len(generators)} process(es), this run has {world}: each rank "
                              f"draws its tasks from its own seeded generator, so another world size would be another "
