@@ -9,6 +9,7 @@ The core, at the top of the package (read maml.py first):
     checks       input checks that name the argument; batched: the task-batched forward pass;
     checkpoint   atomic save / load; progress: tqdm / timed log lines; speed: bf16, compile, checkpointing;
     paths        where shipped weights and results live
+    algorithms/  ANIL, MAML++, Reptile, ProtoNets, ProtoMAML on the same inner step (MetaConfig.algorithm)
 
 Grouped by role:
     data/         omniglot, preprocess, characters, glyphs (NOT Omniglot), episodes, augment

@@ -24,10 +24,10 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from . import distributed
+from . import algorithms, distributed
 from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .checks import BATCHINGS, check_finite, check_model, check_support_batch, check_task_batch
-from .maml import adapt_batch, choose_batching, predict_batch, task_losses
+from .maml import adapt_batch, choose_batching, predict_batch
 from .progress import progress_bar
 from .speed import autocast_context
 
@@ -58,6 +58,11 @@ class MetaConfig:
     meta_lr_schedule: str = "constant"  # "constant" β, or "cosine": β annealed to meta_lr_min over the run
     meta_lr_min: float = 1e-5  # the cosine schedule's last β (Antoniou et al. 2019 anneal 1e-3 -> 1e-5)
     first_order_steps: int = 0  # derivative-order annealing: the first meta-steps are first order (FOMAML)
+    # algorithms/: "maml" (FOMAML: first_order, Meta-SGD: learn_inner_lr), "anil", "mamlpp", "reptile",
+    # "protonet", "protomaml"; see algorithms.VARIANTS
+    algorithm: str = "maml"
+    head: str | None = None  # ANIL, ProtoNets, ProtoMAML: the name of the model's last layer (None: any)
+    multi_step_loss_steps: int = 7500  # MAML++: meta-steps over which the multi-step loss anneals (paper: 15 x 500)
 
     def __post_init__(self):
         for name in ("first_order", "learn_inner_lr", "bf16"):  # "no" is truthy: never read a string as a switch
@@ -77,6 +82,7 @@ class MetaConfig:
             raise ValueError(f"first_order_steps: expected an integer >= 0, got {self.first_order_steps!r}")
         if self.grad_clip is not None:
             self.grad_clip = _number("grad_clip", self.grad_clip, "a positive finite float or None", lambda v: v > 0)
+        algorithms.check_config(self)  # algorithm, head, multi_step_loss_steps and their combinations
 
 
 def _number(name: str, value, expected: str, ok: Callable[[float], bool]) -> float:
@@ -158,6 +164,8 @@ class MetaLearner:
             self.inner_lr = {k: torch.full_like(p, self.config.inner_lr, requires_grad=True) for k, p in self.params.items()}
         else:
             self.inner_lr = self.config.inner_lr
+        # MAML++: its learned per-step α and BatchNorm take α's place (and its checkpoint slot); else unchanged
+        self.inner_lr = algorithms.inner_state(self.config, model, self.inner_lr)
         lr_tensors = list(self.inner_lr.values()) if isinstance(self.inner_lr, dict) else []
         self.optimizer = make_meta_optimizer(list(self.params.values()) + lr_tensors, lr=self.config.meta_lr)
         self.step = 0  # meta-steps taken
@@ -191,11 +199,12 @@ class MetaLearner:
     def meta_step(self, support_x, support_y, query_x, query_y) -> dict:
         """One outer update θ ← Adam(θ, ∇θ L_meta), L_meta = 1/B Σᵢ L_Tᵢ(θ'ᵢ; query). Returns metrics as floats.
 
-        The loss is `maml.task_losses`, the terms `meta_loss` averages. With batching "vmap" all tasks
-        share one graph; with "loop" each task's share of L_meta is back-propagated as soon as it is
-        computed, so only one task's graph is alive at a time and memory does not grow with the
-        meta-batch; the gradient is the same sum. The step synchronises with the device once, to read
-        its metrics and check that they are finite (a GPU keeps queuing work until then).
+        The loss is `maml.task_losses`, the terms `meta_loss` averages (for another `config.algorithm`, its own
+        terms in the same shape: `algorithms.task_losses_for`; Reptile's leave θ − θ̃ in .grad, reptile.py).
+        With batching "vmap" all tasks share one graph; with "loop" each task's share of L_meta is
+        back-propagated as soon as it is computed, so only one task's graph is alive at a time and memory
+        does not grow with the meta-batch; the gradient is the same sum. The step synchronises with the
+        device once, to read its metrics and check that they are finite (a GPU keeps queuing work until then).
 
         Raises FloatingPointError naming the meta-step (and, if an inner loop diverged, its inner step
         and task) when the meta-loss or the meta-gradient is not finite; θ, α and the optimizer are
@@ -213,7 +222,7 @@ class MetaLearner:
         for chunk in chunks:
             # bf16: convolutions and matmuls in bfloat16; θ, the losses and the gradient's sum stay float32
             with autocast_context(c.bf16, self.device):
-                query_losses, s_losses, out = task_losses(
+                query_losses, s_losses, out = algorithms.task_losses_for(c, self.step)(  # maml.task_losses for MAML
                     self.model, self.params, support_x[chunk], support_y[chunk], query_x[chunk], query_y[chunk],
                     loss_fn=self.loss_fn, inner_lr=self.inner_lr, steps=c.inner_steps,
                     first_order=self.first_order_now(), batching=batching)
@@ -244,7 +253,7 @@ class MetaLearner:
         self.optimizer.step()
         self.step += 1
         metrics = {"step": self.step, "meta_loss": meta, "grad_norm": norm}
-        if c.inner_steps:
+        if c.inner_steps and support_losses[0].shape[1]:  # (ProtoNets have no inner loop)
             metrics["support_loss"] = support / tasks  # before adaptation
         if classification:
             metrics["accuracy"] = correct / tasks  # of θ'ᵢ on the query sets
@@ -283,7 +292,8 @@ class MetaLearner:
             lr = state["inner_lr"]
             if not isinstance(lr, Mapping) or {k: tuple(v.shape) for k, v in lr.items()} != \
                     {k: tuple(v.shape) for k, v in self.inner_lr.items()}:
-                raise ValueError(f"{where}: its inner_lr is not a Meta-SGD α of this model (one tensor per parameter)")
+                raise ValueError(f"{where}: its inner_lr is not a learned α of this model (Meta-SGD: one tensor "
+                                 f"per parameter; MAML++: per-step α and BatchNorm)")
 
     def load_state_dict(self, state: dict, *, where: str = "state") -> None:
         """Restore a `state_dict` (checked first, see `check_state_dict`: a mismatch changes nothing)."""

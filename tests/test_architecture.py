@@ -32,6 +32,11 @@ def imports(path: Path):
                 yield target, [a.name for a in node.names]
 
 
+# subpackages that are part of the core, not a layer above it: they may import only the core, and the core
+# (the trainer) may import them
+CORE_PACKAGES = ("algorithms",)
+
+
 def layer(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] in FOLDERS else ("core" if len(parts) > 1 else "package")
@@ -84,6 +89,17 @@ def test_layers_point_downwards():
             continue
         assert la != "core", f"{a} (core) imports {b}: the core must not depend on {lb}/"
         assert lb in LOWER.get(la, set()), f"{a} imports {b}: {la}/ may use only {sorted(LOWER[la]) or 'the core'}"
+
+
+def test_core_packages_are_core():
+    assert not set(CORE_PACKAGES) & set(FOLDERS)
+    for name in MODULES:
+        if name.split(".")[1:2] and name.split(".")[1] in CORE_PACKAGES:
+            assert layer(name) == "core", name
+    for a, b, _ in edges():
+        if a.split(".")[1:2] and a.split(".")[1] in CORE_PACKAGES and b not in SHIMS:
+            assert layer(b) == "core", f"{a} imports {b}: {a.split('.')[1]}/ is core and may use only the core"
+    assert ("mamlkit.trainer", "mamlkit.algorithms") in {(a, b) for a, b, _ in edges()}  # the trainer's one switch
 
 
 def test_no_private_name_is_imported_across_modules():
