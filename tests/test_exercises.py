@@ -219,3 +219,89 @@ def test_missing_cell_ids_get_deterministic_ones(tmp_path):
     student = json.loads(first[tmp_path / "notebooks" / "01_x.ipynb"])
     assert [c["id"] for c in student["cells"]] == ["cell-000", "cell-001"]
     assert "".join(student["cells"][0]["source"]) == "def f():\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+
+
+# ----------------------------------------------------------------------------------------------
+# under nbgrader (NBGRADER_EXECUTION set): every failure raises, after mamlkit's reference takes the name
+
+
+def run_check_cell(namespace):
+    """Run a check cell `double = check_exercise(...)` in `namespace`, as a notebook cell does."""
+    exec("double = check_exercise('double', double, reference=reference_double, checks=checks)", namespace)
+    return namespace
+
+
+def cell_namespace(fn, checks):
+    return {"check_exercise": ex.check_exercise, "double": fn, "reference_double": reference_double, "checks": checks}
+
+
+def stub(x):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+@pytest.mark.parametrize("fn, error, message", [
+    (stub, ex.ExerciseNotDone, "not done yet"),
+    (lambda x: x + 2, ex.ExerciseError, "add instead of multiply"),
+    (lambda x: x["key"], ex.ExerciseError, "could not run your function"),
+])
+def test_under_nbgrader_a_failure_raises_and_the_reference_takes_the_name(monkeypatch, fn, error, message):
+    monkeypatch.setenv(ex.GRADING_ENV, "autograde")
+    namespace = cell_namespace(fn, [check_doubles])
+    with pytest.raises(error, match=message) as info:
+        run_check_cell(namespace)
+    assert namespace["double"] is reference_double  # the later cells run with mamlkit's version
+    assert "0 points" in str(info.value) and "in place of double" in str(info.value)
+
+
+def test_under_nbgrader_a_right_answer_passes(monkeypatch, capsys):
+    monkeypatch.setenv(ex.GRADING_ENV, "validate")
+
+    def mine(x):
+        return x + x
+
+    assert run_check_cell(cell_namespace(mine, [check_doubles, check_negative]))["double"] is mine
+    assert "✓ double: 2 checks passed" in capsys.readouterr().out
+
+
+def test_outside_nbgrader_a_stub_still_falls_back(monkeypatch):
+    monkeypatch.delenv(ex.GRADING_ENV, raising=False)
+    assert not ex.grading()
+    assert run_check_cell(cell_namespace(stub, [check_doubles]))["double"] is reference_double
+
+
+# ----------------------------------------------------------------------------------------------
+# nbgrader cell metadata
+
+
+def test_nbgrader_metadata_scheme():
+    nb = synthetic_notebook()
+    nb.cells.insert(2, new_code_cell("double = check_exercise('double', double, reference=r, checks=[c])"))
+    nb.cells.append(new_code_cell("print('the end')"))
+    nb.cells[2]["id"], nb.cells[4]["id"] = "c-check", "c-end"
+    nb.cells[0].metadata["nbgrader"] = {"grade": True, "stale": 1}  # replaced, whatever it was
+    meta = [c.metadata["nbgrader"] for c in ex.normalize(nb, "solutions/07_x.ipynb").cells]
+    base = {"schema_version": 3}
+    assert meta == [
+        dict(base, grade=False, solution=False, locked=True, grade_id="nb07_ro_c0"),
+        dict(base, grade=False, solution=True, locked=False, grade_id="nb07_ex1"),
+        dict(base, grade=True, solution=False, locked=True, grade_id="nb07_ex1_check", points=ex.POINTS),
+        dict(base, grade=True, solution=True, locked=False, grade_id="nb07_ex2", points=ex.POINTS),  # markdown answer
+        dict(base, grade=False, solution=False, locked=True, grade_id="nb07_ro_c-end"),
+    ]
+    student = ex.student_version(nb, "solutions/07_x.ipynb")
+    assert [c.metadata["nbgrader"] for c in student.cells] == meta
+    assert ex.notebook_key("notebook") == "notebook" and ex.notebook_key("12_a.ipynb") == "nb12"
+
+
+def test_under_nbgrader_a_warning_in_a_check_does_not_reach_stderr(monkeypatch, capsys):
+    import sys
+
+    def warns(fn):  # as warnings.warn does (pytest captures real warnings itself)
+        print("UserWarning: a harmless deprecation", file=sys.stderr)
+        check_doubles(fn)
+
+    monkeypatch.setenv(ex.GRADING_ENV, "autograde")
+    run_check_cell(cell_namespace(reference_double, [warns]))
+    out = capsys.readouterr()
+    assert out.err == "" and "a harmless deprecation" in out.out  # nbgrader scores a cell with stderr output 0

@@ -52,10 +52,15 @@ environment variable NBGRADER_EXECUTION), `check_exercise` grades instead of hel
 done, wrong, or crashing makes the check cell raise (0 points for it), after putting mamlkit's
 reference in place of the learner's function in the notebook's namespace, so the cells after it
 still run and earn their own points. Outside nbgrader (a learner, `pytest --nbval`) nothing changes.
+Two rules follow for authors: the check_exercise(...) call is the LAST statement of its check cell (a
+statement after it would not run under nbgrader), and in markdown the answer markers stand on lines
+of their own (nbgrader replaces whole lines). `tests/test_nbgrader.py` checks them and runs nbgrader.
+Making an nbgrader course directory from solutions/: `python -m mamlkit.course.grading`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -125,7 +130,8 @@ def check_exercise(title: str, fn: Callable, *, reference: Callable, checks: Ite
     Under nbgrader (`grading()`: autograde or validate) every failure raises, so that the graded check
     cell scores 0: not done raises ExerciseNotDone. Before raising, the names of the calling notebook's
     namespace that are bound to `fn` are rebound to `reference`, as the assignment
-    `name = check_exercise(...)` would have done, so that the later cells still run.
+    `name = check_exercise(...)` would have done, so that the later cells still run. And what the checks
+    write to stderr (a warning) goes to stdout: nbgrader would score a cell with stderr output 0.
     """
     if not isinstance(title, str) or not title:
         raise TypeError(f"title: expected a non-empty string naming the exercise, got {title!r}")
@@ -151,7 +157,9 @@ def check_exercise(title: str, fn: Callable, *, reference: Callable, checks: Ite
 
     for i, check in enumerate(checks, 1):
         try:
-            check(fn)
+            # nbgrader scores a graded cell 0 when it writes to stderr: under it, a warning goes to stdout
+            with contextlib.redirect_stderr(sys.stdout) if grading() else contextlib.nullcontext():
+                check(fn)
         except NotImplementedError as e:
             if grading():
                 raise graded_failure(ExerciseNotDone(f"✗ {title}: not done yet (the stub raises NotImplementedError)")) from e

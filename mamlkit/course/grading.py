@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assignment", default=None,
                         help="put the notebooks in this one assignment (default: one assignment per notebook)")
     parser.add_argument("--root", default=str(REPO), help="the repository root (default: the one holding mamlkit/)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options before or after the notebook prefixes
     try:
         made = make_course(args.course_dir, args.notebooks, assignment=args.assignment, root=args.root)
     except (FileNotFoundError, ValueError) as e:
