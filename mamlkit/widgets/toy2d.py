@@ -85,6 +85,19 @@ def to_params(model: nn.Module, theta: torch.Tensor) -> dict[str, torch.Tensor]:
     return params
 
 
+def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, the value of `F.mse_loss(prediction, target)`, spelled ((prediction − target)²).mean().
+
+    Every route to a Hessian-vector product works with it: `vjp(grad(L), θ)`, `jvp(grad(L), (θ,), (v,))`,
+    `jacfwd`, double `torch.autograd.grad`. With `F.mse_loss` the forward-mode ones (jvp, jacfwd) fail in
+    torch 2.x with "RuntimeError: ZeroTensors are immutable": the forward derivative of `mse_loss_backward`
+    (torch's derivatives.yaml) passes the target's tangent, a ZeroTensor since the target is a constant, to
+    `mse_loss_double_backward`, which for reduction="mean" divides it in place. A torch limitation, not
+    a property of the loss: this spelling gives the same numbers by every route.
+    """
+    return ((prediction - target) ** 2).mean()
+
+
 def to_theta(params: dict[str, torch.Tensor]) -> torch.Tensor:
     """The inverse of `to_params`: params with a leading dimension (tasks, ...) -> (tasks, 2)."""
     first = next(iter(params.values()))
@@ -239,11 +252,11 @@ def meta_gradient_terms(model, theta, support_x, support_y, query_x, query_y, *,
     check_inner_lr(inner_lr, {"θ": torch.zeros(2)})
     theta = torch.as_tensor(theta, dtype=torch.float32).detach()
 
-    def support_loss(t):
-        return F.mse_loss(functional_call(model, to_params(model, t), (support_x,)), support_y)
+    def support_loss(t):  # `mse`, not F.mse_loss: forward-mode routes (jvp) work too, see `mse`
+        return mse(functional_call(model, to_params(model, t), (support_x,)), support_y)
 
     def query_loss(t):
-        return F.mse_loss(functional_call(model, to_params(model, t), (query_x,)), query_y)
+        return mse(functional_call(model, to_params(model, t), (query_x,)), query_y)
 
     adapted = theta - inner_lr * grad(support_loss)(theta)  # θ' = θ − α ∇L_support(θ)
     first_order = grad(query_loss)(adapted)  # ∇L_query(θ')
