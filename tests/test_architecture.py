@@ -8,7 +8,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mamlkit"
 FOLDERS = ("data", "models", "experiments", "widgets", "bench", "course")
 LOWER = {"data": set(), "models": set(), "experiments": {"data", "models"}, "widgets": {"data", "models", "experiments"},
-         "bench": {"data", "models", "experiments", "widgets"}, "course": {"data", "models", "experiments", "widgets"}}
+         "bench": {"data", "models", "experiments", "widgets"}, "course": {"data", "models", "experiments", "widgets", "bench"}}
 
 
 def module_name(path: Path) -> str:
