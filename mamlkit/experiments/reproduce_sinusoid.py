@@ -1,4 +1,4 @@
-"""Reproduce the sinusoid table of the MAML paper (Finn et al. 2017, Appendix C.1 / Figure 2).
+"""Reproduce the sinusoid results of the MAML paper (Finn et al. 2017, Section 5.1, Figures 2 and 3).
 
     python -m mamlkit.experiments.reproduce_sinusoid                      # K=5 and K=10, 70,000 meta-iterations each
     python -m mamlkit.experiments.reproduce_sinusoid --iterations 2000    # a quick look: 2,000 of the 70,000 meta-iterations
@@ -34,7 +34,10 @@ from ..paths import PACKAGE
 from ..trainer import MetaConfig, MetaLearner, train
 from .sinusoid import evaluation_tasks, make_mlp, sample_tasks, train_pretrained
 
-PAPER = {  # Finn et al. 2017, App. C.1, K=5 (MSE after 1 / 5 / 10 gradient steps)
+# K=5, MSE after 1 / 5 / 10 gradient steps. The paper reports these results as curves (Finn et al. 2017, Figure 3,
+# left), not as a table; these two-decimal values are approximate readings of that figure of unverified
+# provenance (earlier cited to "App. C.1", which does not contain them).
+PAPER = {
     5: {"maml": [0.67, 0.38, 0.35], "pretrained": [2.41, 2.23, 2.19]},
 }
 EVAL_STEPS = [1, 5, 10]
@@ -84,7 +87,7 @@ def run_one(k_shot: int, iterations: int, seed: int, run_dir: Path, weights_dir:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| K | model | 1 step | 5 steps | 10 steps | paper (1 / 5 / 10) |", "|---|---|---|---|---|---|"]
+    lines = ["| K | model | 1 step | 5 steps | 10 steps | paper ≈ Fig. 3, unverified (1 / 5 / 10) |", "|---|---|---|---|---|---|"]
     for r in rows:
         for name in ("maml", "pretrained"):
             cells = [f"{m:.2f} ± {c:.2f}" + (f" ({d} of 600 diverged)" if d else "")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import toy2d
-from .canvas import Canvas, new_figure
+from .canvas import FONT_SIZE, Canvas, new_figure
 from .outer import (
     TASK_COLORS,
     THETA0,
@@ -45,19 +45,19 @@ def task_objective_grid(tasks: toy2d.TaskSet, inner_lr: float, task: int, n: int
 
 
 def new_anatomy_view(tasks: toy2d.TaskSet) -> dict:
-    fig, (ax,) = new_figure(1, width=7.6, height=4.6)
+    fig, (ax,) = new_figure(1, width=10.0, height=5.0)
     plane_axes(ax, tasks.family, "")
     for i, opt in enumerate(tasks.optima.tolist()):
         ax.plot(*opt, "*", color=TASK_COLORS[i], ms=12, mec="k", label=f"θ*{i + 1}")
     art = {"theta": ax.plot([], [], "o", color="k", ms=6, zorder=7, label="θ")[0],
            "adapted": ax.plot([], [], "s", color="0.4", ms=5, zorder=7, label="θ' = θ − α∇L_support(θ)")[0],
            "arrows": {k: arrow(ax, c, lw=2) for k, c in ARROW_COLORS.items()},
-           "title": ax.set_title(" \n ", fontsize=9)}
+           "title": ax.set_title(" \n ", fontsize=FONT_SIZE + 1)}
     for k, c in ARROW_COLORS.items():  # legend entries for the arrows
         ax.plot([], [], color=c, lw=2, label={"first_order": "−∇L_query(θ')  (first-order term)",
                                                "hessian": "+α∇²L_support ∇L_query(θ')  (−Hessian term)",
                                                "total": "−meta-gradient (MAML)"}[k])
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plane, not over it
+    ax.legend(fontsize=FONT_SIZE, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plane, not over it
     return {"figure": fig, "axes": (ax,), "artists": art, "contours": {}}
 
 
@@ -65,7 +65,7 @@ def draw_anatomy_background(view: dict, grid: dict) -> None:
     ax = view["axes"][0]
     levels = np.unique(np.quantile(grid["z"], np.linspace(0.01, 0.9, 12)))
     replace_contours(view, "objective", ax, grid["t1"], grid["t2"], grid["z"], levels=levels, cmap="viridis",
-                      linewidths=0.8)
+                      linewidths=0.8, colorbar="L(θ') after one inner step", colorbar_location="bottom")
 
 
 def draw_anatomy(view: dict, data: dict, title: str = "") -> float:

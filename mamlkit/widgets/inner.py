@@ -5,7 +5,8 @@ Finn, Abbeel, Levine (2017), Section 5.1 and Figure 2: after one or a few inner 
     θ' = θ − α ∇θ L_support(θ)          (inner_steps times, on the K = k_shot support points)
 
 MAML's θ fits the task's curve A·sin(x − φ), the pretrained θ (plain regression on all tasks, which
-learns the mean function ≈ 0) barely moves. The widget draws the true curve, the support points,
+learns the mean function of all tasks, −(2Ā/π) cos x ≈ −1.6 cos x, see notebook 02)
+barely moves. The widget draws the true curve, the support points,
 both models' predictions after each inner step, and the query loss (MSE on 200 points spanning
 [−5, 5]) against the number of steps.
 
@@ -35,7 +36,7 @@ from ..experiments.sinusoid import (
 )
 from ..maml import adapt
 from ..trainer import MetaConfig, MetaLearner, train
-from .canvas import Canvas, new_figure
+from .canvas import FONT_SIZE, Canvas, new_figure
 
 GRID_POINTS = 200  # the dense query set: where the curves are drawn and the query loss is measured
 COLORS = {"MAML": "tab:red", "pretrained": "tab:blue"}
@@ -132,7 +133,7 @@ def compute_inner(models: dict[str, nn.Module], amplitude: float, phase: float, 
 
 def new_inner_view(names=("MAML", "pretrained")) -> dict:
     """The figure, its two Axes and its artists (moved later by `draw_inner`)."""
-    fig, (ax, ax_loss) = new_figure(2, width=4.6)
+    fig, (ax, ax_loss) = new_figure(2, width=5.2, height=4.2)
     art = {"true": ax.plot([], [], color="black", lw=2, label="true A·sin(x − φ)")[0],
            "support": ax.scatter([], [], color="black", marker="^", s=40, zorder=5, label="support (K)")}
     for name in names:
@@ -146,7 +147,7 @@ def new_inner_view(names=("MAML", "pretrained")) -> dict:
 
     ax_loss.set(xlabel="inner steps", ylabel="query MSE", yscale="log", ylim=(1e-3, 30),
                 title="query loss after each inner step")
-    ax_loss.legend(*ax.get_legend_handles_labels(), loc="lower left", fontsize=7)  # the curves' key, out of their way
+    ax_loss.legend(*ax.get_legend_handles_labels(), loc="lower left", fontsize=FONT_SIZE)  # the curves' key, out of their way
     return {"figure": fig, "axes": (ax, ax_loss), "artists": art}
 
 
@@ -168,7 +169,7 @@ def draw_inner(view: dict, data: dict, title: str = "") -> bool:
             line.set_data(data["x"], pred[i + 1]) if i + 1 < steps else line.set_data([], [])
         loss = data["query_loss"][name]
         art[f"{name}:loss"].set_data(np.arange(len(loss)), loss)
-    ax.set_title(title or "inner loop on one task\n", fontsize=9)
+    ax.set_title(title or "inner loop on one task\n", fontsize=FONT_SIZE + 1)
     xlim = (-0.3, max(max(len(l) for l in data["query_loss"].values()) - 0.7, 0.7))
     changed = tuple(ax_loss.get_xlim()) != xlim
     ax_loss.set_xlim(*xlim)
@@ -268,7 +269,8 @@ class InnerLoopExplorer:
                      f"α = {self.inner_lr.value:.3g}, {steps} steps\n{self.source}")
             full = draw_inner(self.view, self.data, title)
         else:
-            self.view["axes"][0].set_title(f"inner loop diverged, lower α:\n{self.error[:90]}", fontsize=8, color="red")
+            self.view["axes"][0].set_title(f"α = {self.inner_lr.value:.3g}: the inner loop diverged (the loss overflowed);\n"
+                                            f"MAML's θ was meta-trained for α = 0.01: lower α", fontsize=FONT_SIZE, color="red")
             full = False
         self.canvas.show(full=full)
         self.last_ms = 1000 * (time.perf_counter() - t0)

@@ -25,7 +25,7 @@ import torch
 from matplotlib.patches import FancyArrowPatch
 
 from . import toy2d
-from .canvas import Canvas, new_figure
+from .canvas import FONT_SIZE, Canvas, new_figure
 
 TASK_COLORS = ["tab:orange", "tab:green", "tab:purple", "tab:brown"]
 ALGORITHM_COLORS = {"MAML": "tab:red", "FOMAML": "tab:blue", "Reptile": "tab:gray"}
@@ -108,11 +108,24 @@ def plane_axes(ax, family: str, title: str) -> None:
     ax.set(xlim=(a0, a1), ylim=(b0, b1), xlabel=f"θ₁ = {n1}", ylabel=f"θ₂ = {n2}", title=title)
 
 
-def replace_contours(view: dict, key: str, ax, *args, **kw) -> None:
+def replace_contours(view: dict, key: str, ax, *args, colorbar: str = "", colorbar_location: str = "right",
+                     **kw) -> None:
+    """Replace the contour set `key` of `ax`; with `colorbar` (its label), keep a colorbar of it beside `ax`.
+
+    The colorbar is made once (when the layout is computed) and then re-pointed at each new contour set.
+    """
     old = view["contours"].pop(key, None)
     if old is not None:
         old.remove()
-    view["contours"][key] = ax.contour(*args, **kw)
+    cs = view["contours"][key] = ax.contour(*args, **kw)
+    if colorbar:
+        bars = view.setdefault("colorbars", {})
+        if key in bars:
+            bars[key].update_normal(cs)
+        else:
+            bars[key] = ax.figure.colorbar(cs, ax=ax, shrink=0.9, pad=0.02, location=colorbar_location)
+            bars[key].set_label(colorbar, fontsize=FONT_SIZE)
+            bars[key].ax.tick_params(labelsize=FONT_SIZE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,7 +133,7 @@ def replace_contours(view: dict, key: str, ax, *args, **kw) -> None:
 
 
 def new_outer_view(tasks: toy2d.TaskSet, max_iterations: int) -> dict:
-    fig, (ax_tasks, ax_meta, ax_loss) = new_figure(3, width=3.9, height=3.6)
+    fig, (ax_tasks, ax_meta, ax_loss) = new_figure(3, width=4.4, height=4.2)
     fam = tasks.family
     plane_axes(ax_tasks, fam, "task losses L_Tᵢ(θ; support)\n")
     plane_axes(ax_meta, fam, "before (dashed) / after inner steps\n")
@@ -132,12 +145,12 @@ def new_outer_view(tasks: toy2d.TaskSet, max_iterations: int) -> dict:
             art["paths"][(alg, ax)] = ax.plot([], [], ".-", color=c, ms=3)[0]
         art["theta"][ax] = ax.plot([], [], "o", color="k", ms=6, zorder=7)[0]
     art["arrows"] = [arrow(ax_tasks, TASK_COLORS[i]) for i in range(tasks.n_tasks)]
-    art["title"] = fig.suptitle(" ", fontsize=9)
+    art["title"] = fig.suptitle(" ", fontsize=FONT_SIZE + 1)
     art["curves"] = {alg: ax_loss.plot([], [], color=c, label=alg)[0] for alg, c in ALGORITHM_COLORS.items()}
     ax_loss.set(xlim=(0, max_iterations), xlabel="outer iteration", ylabel="L_meta(θ)",
                 title="meta-objective along each path\n")
-    ax_loss.legend(fontsize=7, loc="upper right")
-    ax_tasks.legend(fontsize=6, loc="lower right")
+    ax_loss.legend(fontsize=FONT_SIZE, loc="upper right")
+    ax_tasks.legend(fontsize=FONT_SIZE, loc="lower right")
     return {"figure": fig, "axes": (ax_tasks, ax_meta, ax_loss), "artists": art, "contours": {}, "tasks": tasks}
 
 
@@ -152,7 +165,8 @@ def draw_outer_background(view: dict, grids: dict, theta0) -> None:
     levels = np.unique(np.quantile(grids["after"], np.linspace(0.01, 0.9, 12)))
     replace_contours(view, "before", ax_meta, t1, t2, grids["before"], levels=8, colors="0.6",
                       linestyles="dashed", linewidths=0.7)
-    replace_contours(view, "after", ax_meta, t1, t2, grids["after"], levels=levels, cmap="viridis", linewidths=1)
+    replace_contours(view, "after", ax_meta, t1, t2, grids["after"], levels=levels, cmap="viridis", linewidths=1,
+                      colorbar="L_meta(θ), after inner steps")
     # the loss axis: from 0 to a little above L_meta(θ₀), where every path starts
     tasks = view["tasks"]
     start = toy2d.meta_objective(toy2d.make_model(tasks.family), torch.tensor([theta0], dtype=torch.float32), tasks,
