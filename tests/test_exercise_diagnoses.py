@@ -1,6 +1,6 @@
 """Every exercise's check names the mistake of each wrong answer in a catalogue, and passes every correct route.
 
-The checks live in mamlkit/course/diagnose.py; the notebooks' check cells call them. For each of the 17 exercises:
+The checks live in mamlkit/course/diagnose.py; the notebooks' check cells call them. For each of the 18 exercises:
 at least three wrong answers (the copied blog's bugs where they apply: 1 a model rebuilt from parameter shapes,
 2 a copy filled with load_state_dict, 3 an inner loop of SGD.step(), 4 one meta-update per task and random
 labels), each fed to the exercise's check, whose message must name the mistake; then the correct routes the
@@ -551,6 +551,72 @@ def rd_attached(params, adapted, inner_lr):
     return {k: ((p - adapted[k]) / inner_lr).mean(dim=0) for k, p in params.items()}
 
 
+def _msgd_grads(model, params, x, y, loss_fn, create_graph=True):
+    loss = loss_fn(functional_call(model, params, (x,)), y)
+    return torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+
+
+def msgd_right(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn)
+    return {k: p - alpha[k] * g for (k, p), g in zip(params.items(), grads)}
+
+
+def msgd_func_grad(model, params, alpha, x, y, loss_fn):
+    g = grad(lambda p: loss_fn(functional_call(model, p, (x,)), y))(params)
+    return {k: params[k] - alpha[k] * g[k] for k in params}
+
+
+def msgd_mamlkit(model, params, alpha, x, y, loss_fn):
+    return mamlkit.adapt(model, params, x, y, loss_fn=loss_fn, inner_lr=alpha, steps=1)
+
+
+def msgd_uphill(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn)
+    return {k: p + alpha[k] * g for (k, p), g in zip(params.items(), grads)}
+
+
+def msgd_scalar_alpha(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn)
+    return {k: p - alpha[k].mean() * g for (k, p), g in zip(params.items(), grads)}
+
+
+def msgd_first_order(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn, create_graph=False)
+    return {k: p - alpha[k] * g for (k, p), g in zip(params.items(), grads)}
+
+
+def msgd_detached_alpha(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn)
+    return {k: p - alpha[k].detach() * g for (k, p), g in zip(params.items(), grads)}
+
+
+def msgd_alpha_data(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn)
+    return {k: p - alpha[k].data * g for (k, p), g in zip(params.items(), grads)}
+
+
+def msgd_theta_in_place(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn, create_graph=False)
+    with torch.no_grad():
+        for (k, p), g in zip(params.items(), grads):
+            p.sub_(alpha[k] * g)
+    return params
+
+
+def msgd_alpha_in_place(model, params, alpha, x, y, loss_fn):
+    grads = _msgd_grads(model, params, x, y, loss_fn)
+    with torch.no_grad():
+        for a in alpha.values():
+            a.clamp_(min=0.0, max=0.02)  # "keep α small": overwrites the caller's α
+    return {k: p - alpha[k] * g for (k, p), g in zip(params.items(), grads)}
+
+
+def msgd_model_x(model, params, alpha, x, y, loss_fn):
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    return {k: p - alpha[k] * g for (k, p), g in zip(params.items(), grads)}
+
+
 # ==============================================================================================
 # 05 · few-shot Omniglot
 
@@ -856,6 +922,16 @@ CATALOGUE = {
         (rd_no_alpha, r"division by α is missing"),
         (rd_attached, r"detach the result"),
     ], [rd_right]),
+    "04.3": ([
+        (msgd_uphill, r"went uphill.*minus sign"),
+        (msgd_scalar_alpha, r"a scalar α was used"),
+        (msgd_first_order, r"first order: the inner gradient was taken without create_graph=True"),
+        (msgd_detached_alpha, r"α gets no gradient: "),
+        (msgd_alpha_data, r"α gets no gradient: "),
+        (msgd_theta_in_place, r"your function changed θ\['0\.weight'\].* in place"),
+        (msgd_alpha_in_place, r"your function changed alpha\['0\.weight'\].* in place"),
+        (msgd_model_x, MODEL_X),
+    ], [msgd_right, msgd_func_grad, msgd_mamlkit]),
     "05.1": ([
         (el_rank, r"ranks of the class ids"),
         (el_random, r"random labels.*'dummy tasks', its bug 4"),
@@ -930,7 +1006,7 @@ def test_correct_route_passes(key, i, capsys):
 
 def test_catalogue_covers_every_exercise_with_three_wrong_answers():
     assert set(CATALOGUE) == set(dg.EXERCISES)
-    assert len(dg.EXERCISES) == count_exercises(ROOT / "solutions") == 17
+    assert len(dg.EXERCISES) == count_exercises(ROOT / "solutions") == 18
     assert all(len(wrong) >= 3 and right for wrong, right in CATALOGUE.values())
 
 

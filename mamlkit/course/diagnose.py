@@ -1,4 +1,4 @@
-"""The checks of the course's 17 exercises, and the diagnoses they share.
+"""The checks of the course's 18 exercises, and the diagnoses they share.
 
 Each check cell of a notebook reads
 
@@ -1264,6 +1264,115 @@ def reptile_direction_checks() -> list[Callable]:
     return [check_by_hand_reptile, check_against_plain_loop]
 
 
+ALPHA_NO_GRAD = (
+    "α gets no gradient: α was detached (alpha[k].detach(), alpha[k].data, .item(), a float() or torch.no_grad()), "
+    "so Meta-SGD cannot learn it. Use the α tensors you were given as they are: θ'[k] = params[k] − alpha[k] * g[k]"
+)
+SCALAR_ALPHA = (
+    "a scalar α was used (e.g. alpha[k].mean()): Meta-SGD's α has θ's shape, one step size per parameter entry; "
+    "multiply entry by entry: θ'[k] = params[k] − alpha[k] * g[k]"
+)
+META_SGD_FIRST_ORDER = (
+    "first order: the inner gradient was taken without create_graph=True (or detached), so ∇θ L_q lacks the Hessian "
+    "term (α still gets a gradient, which hides it). Meta-SGD here is second order: "
+    "torch.autograd.grad(support_loss, list(params.values()), create_graph=True)"
+)
+
+
+def reference_meta_sgd_inner_step(model, params, alpha, x, y, loss_fn):
+    """Meta-SGD's inner step θ' = θ − α ⊙ ∇θ L(θ; support): mamlkit.adapt with a dict α, one step."""
+    import mamlkit
+
+    return mamlkit.adapt(model, params, x, y, loss_fn=loss_fn, inner_lr=alpha, steps=1)
+
+
+def meta_sgd_checks() -> list[Callable]:
+    """04, exercise 3: Meta-SGD's inner step, per-parameter α, second order, gradients to θ and α."""
+    from ..experiments.sinusoid import make_mlp, sample_tasks
+
+    with _seeded(0):
+        model = make_mlp().double()
+        # α varies entry by entry (0.005 ... 0.035): a scalar α gives clearly different values
+        alpha0 = {k: 0.005 + 0.03 * torch.rand(p.shape, dtype=_F64) for k, p in model.named_parameters()}
+    params0 = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    alpha0 = {k: v.requires_grad_() for k, v in alpha0.items()}
+    sx, sy, qx, qy = (t[0].double() for t in sample_tasks(2, 10, generator=torch.Generator().manual_seed(3)).tensors())
+    keys = list(params0)
+    shape = "x and y are (K, 1) = (10, 1); the MLP maps (K, 1) -> (K, 1); alpha[k] has params[k]'s shape"
+
+    def answer(fn):
+        r = run(fn, model, params0, alpha0, sx, sy, F.mse_loss, shape=shape)
+        expect_dict(r.out, params0)
+        return r, r.args[1], r.args[2]
+
+    def support_grad():
+        p = {k: v.detach().requires_grad_() for k, v in params0.items()}
+        loss = F.mse_loss(functional_call(model, p, (sx,)), sy)
+        return dict(zip(keys, torch.autograd.grad(loss, list(p.values()))))
+
+    @isolated
+    def check_values(fn):
+        r, _, _ = answer(fn)
+        got = flat(r.out, keys)
+        expected = flat(reference_meta_sgd_inner_step(model, params0, alpha0, sx, sy, F.mse_loss), keys)
+        if r.own_forward and not close(got, expected, rtol=1e-8, atol=1e-10):
+            raise ExerciseError(MODEL_IGNORES_PARAMS)
+        g = support_grad()
+        theta, a = {k: v.detach() for k, v in params0.items()}, {k: v.detach() for k, v in alpha0.items()}
+        mean_all = float(flat(a, keys).mean())
+        diagnose(got, expected, [
+            (flat({k: theta[k] + a[k] * g[k] for k in keys}, keys), UPHILL),
+            (flat({k: theta[k] - a[k].mean() * g[k] for k in keys}, keys), SCALAR_ALPHA),
+            (flat({k: theta[k] - mean_all * g[k] for k in keys}, keys), SCALAR_ALPHA),
+            (flat({k: theta[k] - 0.01 * g[k] for k in keys}, keys),
+             "a fixed α = 0.01 was used: Meta-SGD's α is the alpha dict you were given, θ' = θ − alpha[k] * g[k]"),
+            (flat({k: theta[k] - g[k] for k in keys}, keys), "α is missing: θ' = θ − α ⊙ ∇L"),
+            (flat(g, keys), "that is the gradient ∇L_support(θ), not θ' = θ − α ⊙ ∇L_support(θ)"),
+            (flat(theta, keys), "θ' equals θ: the gradient was zero — does the loss depend on the params? Use "
+                                "functional_call(model, params, (x,)), not model(x)"),
+        ], "θ' differs from θ − α ⊙ ∇θ L(θ; support) (mamlkit.adapt with a dict inner_lr)", rtol=1e-8, atol=1e-10)
+
+    @isolated
+    def check_gradients_reach_theta_and_alpha(fn):
+        r, p, a = answer(fn)
+        require_graph(r.out.values(), p.values(), own_forward=r.own_forward)
+        query = F.mse_loss(functional_call(model, r.out, (qx,)), qy)
+        grads = torch.autograd.grad(query, list(p.values()) + list(a.values()), allow_unused=True)
+        g_theta, g_alpha = grads[:len(keys)], grads[len(keys):]
+        if all(g is None for g in g_alpha) or all(g is None or not bool(g.any()) for g in g_alpha):
+            raise ExerciseError(ALPHA_NO_GRAD)
+        if any(g is None for g in g_alpha):
+            missing = [k for k, g in zip(keys, g_alpha) if g is None]
+            raise ExerciseError(ALPHA_NO_GRAD + f" (no gradient reached alpha{missing})")
+        # the library's answer, on fresh copies: θ' from mamlkit.adapt, second order and first order
+        p2 = {k: v.detach().clone().requires_grad_() for k, v in params0.items()}
+        a2 = {k: v.detach().clone().requires_grad_() for k, v in alpha0.items()}
+        ref = reference_meta_sgd_inner_step(model, p2, a2, sx, sy, F.mse_loss)
+        ref_grads = torch.autograd.grad(F.mse_loss(functional_call(model, ref, (qx,)), qy),
+                                        list(p2.values()) + list(a2.values()))
+        want_theta, want_alpha = ref_grads[:len(keys)], ref_grads[len(keys):]
+        leaf = {k: v.detach().requires_grad_() for k, v in ref.items()}  # θ' as a constant: ∇θ' L_q
+        fo = torch.autograd.grad(F.mse_loss(functional_call(model, leaf, (qx,)), qy), list(leaf.values()))
+
+        def vec(gs):
+            return torch.cat([(torch.zeros_like(params0[k]) if g is None else g).detach().double().flatten()
+                              for k, g in zip(keys, gs)])
+
+        got_theta, right_theta, first_order = vec(g_theta), vec(want_theta), vec(fo)
+        if r.own_forward and not close(got_theta, right_theta, rtol=1e-7, atol=1e-10):
+            raise ExerciseError(MODEL_IGNORES_PARAMS + " (the inner gradient came from model(x), so it does not "
+                                "depend on the params: the Hessian term is missing)")
+        diagnose(got_theta, right_theta, [
+            (first_order, META_SGD_FIRST_ORDER),
+            (right_theta - first_order, PARTIAL_CUT),
+        ], "∂L_q/∂θ through your θ' differs from the library's (mamlkit.adapt with a dict inner_lr)",
+            rtol=1e-7, atol=1e-10)
+        expect_close(vec(g_alpha), vec(want_alpha), "∂L_q/∂α through your θ' differs from the library's "
+                     "(mamlkit.adapt with a dict inner_lr): θ'[k] = params[k] − alpha[k] * g[k]", rtol=1e-7, atol=1e-10)
+
+    return [check_values, check_gradients_reach_theta_and_alpha]
+
+
 # ==============================================================================================
 # 05 · few-shot Omniglot: episode labels and the 95% confidence interval
 
@@ -1742,6 +1851,7 @@ EXERCISES: dict[str, tuple[str, Callable, Callable[[], list]]] = {
     "03.2": ("the Hessian term", reference_hessian_term, hessian_term_checks),
     "04.1": ("the FOMAML meta-gradient", reference_fomaml_meta_gradient, fomaml_meta_gradient_checks),
     "04.2": ("the Reptile direction", reference_reptile_direction, reptile_direction_checks),
+    "04.3": ("the Meta-SGD inner step", reference_meta_sgd_inner_step, meta_sgd_checks),
     "05.1": ("episode labels", reference_labels, episode_labels_checks),
     "05.2": ("accuracy with a confidence interval", reference_ci, accuracy_ci95_checks),
     "06.1": ("throughput in tasks/s", reference_throughput, throughput_checks),
