@@ -127,3 +127,11 @@ def test_the_algorithm_is_on_the_first_screen_of_maml_py():
     assert any(line.startswith("def inner_step(") for line in head)
     code = [line for line in head if "torch.autograd.grad(" in line]
     assert len(code) == 1 and "create_graph=not first_order" in code[0]
+
+
+def test_no_module_is_imported_under_a_private_alias():
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                private = [a.asname for a in node.names if a.asname and a.asname.startswith("_")]
+                assert not private, f"{name} imports under private aliases {private}: use the public name"

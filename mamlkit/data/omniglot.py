@@ -210,29 +210,45 @@ def download_omniglot(dest: str | os.PathLike | None = None, *, sets=("images_ba
 # reading the official layout from zips or folders
 
 
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: not a readable zip file (truncated or corrupt?): {e}") from e
+
+
+def list_images(path: Path) -> list[tuple[str, str, int, str]]:
+    """(alphabet, characterNN, drawer, member) of every image in one zip or extracted set folder.
+
+    Only the listing is read (a zip's directory, a folder's file names). Hidden files, macOS resource
+    forks and non-PNG files are skipped; any other file outside Omniglot's layout is an error.
+    """
+    if path.is_file():
+        with _open_zip(path) as z:
+            members = [m for m in z.namelist() if not m.endswith("/")]
+    else:
+        members = [p.relative_to(path).as_posix() for p in path.rglob("*.png")]
+    images = []
+    for m in members:
+        parts = m.split("/")
+        if parts[0] == "__MACOSX" or parts[-1].startswith(".") or not parts[-1].endswith(".png"):
+            continue  # macOS resource forks, hidden files, READMEs
+        drawer = IMAGE_PATTERN.fullmatch(parts[-1])
+        if len(parts) < 3 or not CHARACTER_PATTERN.fullmatch(parts[-2]) or drawer is None:
+            raise ValueError(f"{path}: {m} is not in Omniglot's layout; expected {LAYOUT}")
+        images.append((parts[-3], parts[-2], int(drawer.group(1)), m))
+    return images
+
+
 class _Source:
     """One zip or extracted folder: lists its characters and reads their PNG bytes."""
 
     def __init__(self, path: Path):
         self.path = path
-        if path.is_file():
-            try:
-                self.zip = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError) as e:
-                raise ValueError(f"{path}: not a readable zip file (truncated or corrupt?): {e}") from e
-            members = [m for m in self.zip.namelist() if not m.endswith("/")]
-        else:
-            self.zip = None
-            members = [p.relative_to(path).as_posix() for p in path.rglob("*.png")]
+        self.zip = _open_zip(path) if path.is_file() else None
         self.characters: dict[str, list[tuple[int, str]]] = {}  # "Alphabet/characterNN" -> [(drawer, member)]
-        for m in members:
-            parts = m.split("/")
-            if parts[0] == "__MACOSX" or parts[-1].startswith(".") or not parts[-1].endswith(".png"):
-                continue  # macOS resource forks, hidden files, READMEs
-            drawer = IMAGE_PATTERN.fullmatch(parts[-1])
-            if len(parts) < 3 or not CHARACTER_PATTERN.fullmatch(parts[-2]) or drawer is None:
-                raise ValueError(f"{path}: {m} is not in Omniglot's layout; expected {LAYOUT}")
-            self.characters.setdefault(f"{parts[-3]}/{parts[-2]}", []).append((int(drawer.group(1)), m))
+        for alphabet, character, drawer, member in list_images(path):
+            self.characters.setdefault(f"{alphabet}/{character}", []).append((drawer, member))
         if not self.characters:
             raise ValueError(f"{path}: no Omniglot images found; expected {LAYOUT}")
         for name, files in self.characters.items():

@@ -25,7 +25,7 @@ import torch
 
 from ..checkpoint import atomic_write_text, load_checkpoint, sha256
 from ..paths import RESULTS
-from . import fewshot as _fewshot  # WEIGHTS and RESULTS_JSON are read at call time (tests point them elsewhere)
+from . import fewshot  # fewshot.WEIGHTS and fewshot.RESULTS_JSON are read at call time (tests point them elsewhere)
 from .fewshot import (
     PAPER,
     FewShotConfig,
@@ -121,7 +121,7 @@ def run_results(runs_dir=RUNS_DIR, *, json_path=None, ship: bool = False, tasks:
 
     runs_dir = Path(runs_dir)
     json_path = runs_dir / RESULTS_NAME if json_path is None else Path(json_path)
-    shipped_json, weights = _fewshot.RESULTS_JSON, _fewshot.WEIGHTS
+    shipped_json, weights = fewshot.RESULTS_JSON, fewshot.WEIGHTS
     configs = [(cpu_config(n_way, k_shot, first_order, **overrides), (n_way, k_shot, first_order))
                for n_way, k_shot, first_order in SETTINGS]  # bad overrides fail here, before anything runs
     _refuse_shipped_path(json_path, shipped_json)

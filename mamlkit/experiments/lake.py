@@ -55,11 +55,9 @@ import torch
 from ..checkpoint import atomic_write_text, check_writable
 from ..cli import nonnegative_int, positive_int
 from ..data.omniglot import (
-    CHARACTER_PATTERN,
-    IMAGE_PATTERN,
-    LAYOUT,
     TEST_ALPHABETS,
     find_omniglot,
+    list_images,
     source_files,
 )
 from ..evaluation import mean_ci95
@@ -100,26 +98,11 @@ def _catalogue(root: Path) -> dict[str, dict[str, dict[int, tuple[Path, str]]]]:
     """
     catalogue: dict[str, dict[str, dict[int, tuple[Path, str]]]] = {}
     for source in source_files(root):
-        if source.is_file():
-            try:
-                with zipfile.ZipFile(source) as z:
-                    members = [m for m in z.namelist() if not m.endswith("/")]
-            except (zipfile.BadZipFile, OSError) as e:
-                raise ValueError(f"{source}: not a readable zip file (truncated or corrupt?): {e}") from e
-        else:
-            members = [p.relative_to(source).as_posix() for p in source.rglob("*.png")]
         found: dict[str, dict[str, dict[int, tuple[Path, str]]]] = {}
-        for m in members:
-            parts = m.split("/")
-            if parts[0] == "__MACOSX" or parts[-1].startswith(".") or not parts[-1].endswith(".png"):
-                continue  # macOS resource forks, hidden files, READMEs
-            drawer = IMAGE_PATTERN.fullmatch(parts[-1])
-            if len(parts) < 3 or not CHARACTER_PATTERN.fullmatch(parts[-2]) or drawer is None:
-                raise ValueError(f"{source}: {m} is not in Omniglot's layout; expected {LAYOUT}")
-            drawers = found.setdefault(parts[-3], {}).setdefault(parts[-2], {})
-            d = int(drawer.group(1))
+        for alphabet, character, d, m in list_images(source):
+            drawers = found.setdefault(alphabet, {}).setdefault(character, {})
             if d in drawers:
-                raise ValueError(f"{source}: {parts[-3]}/{parts[-2]} has two images of drawer {d}: "
+                raise ValueError(f"{source}: {alphabet}/{character} has two images of drawer {d}: "
                                  f"{drawers[d][1]} and {m}")
             drawers[d] = (source, m)
         for alphabet, characters in found.items():
