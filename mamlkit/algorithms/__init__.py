@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
+
 from .. import maml
 from . import anil, common, mamlpp, protonets, reptile
 from .anil import anil_meta_loss, anil_task_losses
@@ -109,7 +111,25 @@ def task_losses_for(config, step: int = 0):
     raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {name!r}")
 
 
+def adapted_predictions(config, model, params, inner_lr, support_x, support_y, query_x, query_y, *, loss_fn, steps: int,
+                     batching: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Test time for any algorithm: adapt to each task's support set, predict its query set.
+
+    (query losses (tasks,), f_θ'ᵢ(query_xᵢ) (tasks, Q, ...)), detached: `config.algorithm`'s own inner loop
+    (ANIL: the head only, MAML++: its learned α and BatchNorm per step, ProtoNets: the prototypes), `steps`
+    inner steps, first order (no meta-gradient is taken, so θ' is the same). θ and α are detached, so nothing
+    reaches their .grad. A classifier without query labels may pass any valid labels: they enter only the loss.
+    """
+    theta = {k: p.detach() for k, p in params.items()}
+    lr = {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
+    with torch.enable_grad():  # the inner loop takes gradients even when the caller is under no_grad
+        losses, _, out = task_losses_for(config)(model, theta, support_x, support_y, query_x, query_y, loss_fn=loss_fn,
+                                                 inner_lr=lr, steps=steps, first_order=True, batching=batching)
+    return losses.detach(), out.detach()
+
+
 __all__ = ["ALGORITHMS", "VARIANTS", "META_SGD_ALGORITHMS", "check_config", "inner_state", "task_losses_for",
+           "adapted_predictions",
            "anil", "mamlpp", "reptile", "protonets", "common",
            "anil_task_losses", "anil_meta_loss", "init_inner_state", "per_step_loss_weights", "mamlpp_task_losses",
            "mamlpp_meta_loss", "reptile_targets", "reptile_direction", "reptile_update", "reptile_task_losses",

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .. import distributed
+from .. import algorithms, distributed
 from ..checkpoint import check_writable, load_checkpoint, save_checkpoint, sha256
 from ..checks import check_device, check_inner_lr, check_model, check_steps
 from ..data.augment import augment_tasks
@@ -93,6 +93,10 @@ class FewShotConfig:
     augment: bool = False  # random affine distortions of the training images (augment.py)
     meta_lr_schedule: str = "constant"  # β over the run: "constant" or "cosine" (annealed to 1e-5)
     first_order_steps: int = 0  # derivative-order annealing: the first meta-steps are first order
+    # beyond MAML (algorithms/): "maml", "anil", "mamlpp", "reptile", "protonet" or "protomaml"
+    algorithm: str = "maml"
+    learn_inner_lr: bool = False  # True: Meta-SGD, a learned α per parameter entry
+    multi_step_loss_steps: int = 7500  # MAML++ only: meta-steps over which the multi-step loss anneals
 
     def __post_init__(self):
         _positive_int("n_way", self.n_way)
@@ -107,15 +111,15 @@ class FewShotConfig:
             self.inner_lr = 0.1 if twenty else 0.4
         if self.inner_steps is None:
             self.inner_steps = 5 if twenty else 1
-        if self.test_steps is None:
-            self.test_steps = 5 if twenty else 3
+        if self.test_steps is None:  # MAML++ has learned α and BatchNorm for its training steps only
+            self.test_steps = self.inner_steps if self.algorithm == "mamlpp" else (5 if twenty else 3)
         _positive_int("meta_batch_size", self.meta_batch_size)
         _positive_int("width", self.width)
         _positive_int("iterations", self.iterations)
         _positive_int("test_steps", self.test_steps)
         if self.split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {self.split!r}")
-        for name in ("first_order", "bf16", "augment"):
+        for name in ("first_order", "bf16", "augment", "learn_inner_lr"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.downsample not in DOWNSAMPLES:
@@ -123,18 +127,31 @@ class FewShotConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
         check_device(self.device, "device")  # a device this machine has, before a model is built on it
-        meta = self.meta_config()  # checks inner_lr, meta_lr, inner_steps, the schedule
+        meta = self.meta_config()  # checks inner_lr, meta_lr, inner_steps, the schedule, the algorithm
+        if self.algorithm == "mamlpp" and self.test_steps > self.inner_steps:
+            raise ValueError(f"test_steps: MAML++ learns α and BatchNorm for each of its inner_steps="
+                             f"{self.inner_steps} steps, so it cannot take test_steps={self.test_steps}")
         self.inner_lr, self.meta_lr = meta.inner_lr, meta.meta_lr  # plain floats (a checkpoint holds no numpy scalar)
 
     def meta_config(self) -> MetaConfig:
         return MetaConfig(inner_lr=self.inner_lr, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
                           first_order=self.first_order, bf16=self.bf16, meta_lr_schedule=self.meta_lr_schedule,
-                          first_order_steps=self.first_order_steps)
+                          first_order_steps=self.first_order_steps, algorithm=self.algorithm,
+                          learn_inner_lr=self.learn_inner_lr, multi_step_loss_steps=self.multi_step_loss_steps)
+
+    @property
+    def variant(self) -> str:
+        """The method's name: "maml", "fomaml", "metasgd", "anil", ... (algorithms.VARIANTS)."""
+        name = self.algorithm
+        if self.first_order:
+            name = "fomaml" if name == "maml" else name + "_first_order"
+        if self.learn_inner_lr:
+            name = "metasgd" if name == "maml" else name + "_metasgd"
+        return name
 
     @property
     def name(self) -> str:
-        return (f"omniglot_{self.n_way}way_{self.k_shot}shot_{'fomaml' if self.first_order else 'maml'}"
-                + ("_bf16" if self.bf16 else ""))
+        return f"omniglot_{self.n_way}way_{self.k_shot}shot_{self.variant}" + ("_bf16" if self.bf16 else "")
 
 
 # fields that may change when a run is resumed: the rest must match the checkpoint's. Not `iterations`
@@ -142,7 +159,8 @@ class FewShotConfig:
 RESUMABLE_CHANGES = ("iterations", "device")
 SPLITS = ("alphabets", "characters")
 # what a checkpoint written before a field existed was trained with
-LEGACY_DEFAULTS = {"split": "characters", "augment": False, "meta_lr_schedule": "constant", "first_order_steps": 0}
+LEGACY_DEFAULTS = {"split": "characters", "augment": False, "meta_lr_schedule": "constant", "first_order_steps": 0,
+                   "algorithm": "maml", "learn_inner_lr": False, "multi_step_loss_steps": 7500}
 
 
 def saved_config(saved: dict) -> dict:
@@ -316,8 +334,11 @@ def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int,
     """
     from ..data.episodes import EpisodeSampler
 
+    meta = None  # the MetaConfig whose algorithm adapts at test time (None: MAML's inner loop)
     if isinstance(learner_or_model, (MetaLearner, FewShotClassifier)):
         model, params = learner_or_model.model, learner_or_model.params
+        meta = learner_or_model.config if isinstance(learner_or_model, MetaLearner) else (
+            learner_or_model.config.meta_config() if learner_or_model.config is not None else None)
         inner_lr = learner_or_model.inner_lr if inner_lr is None else inner_lr
         if steps is None and isinstance(learner_or_model, FewShotClassifier):
             steps = learner_or_model.steps
@@ -354,7 +375,12 @@ def evaluate_fewshot(learner_or_model, test_images: torch.Tensor, *, n_way: int,
             if classes != n_way:
                 raise ValueError(f"n_way: the model has {classes} outputs but the tasks are {n_way}-way")
         n, lo, hi = support_x.shape[0], max(mine.start - done, 0), min(mine.stop - done, support_x.shape[0])
-        if lo < hi:  # every rank draws every task (the same stream), adapts only its own
+        if lo < hi and meta is not None and meta.algorithm != "maml":  # ANIL, MAML++, ProtoNets, ...: their own loop
+            _, out = algorithms.adapted_predictions(meta, model, params, inner_lr, support_x[lo:hi], support_y[lo:hi],
+                                                    query_x[lo:hi], query_y[lo:hi], loss_fn=F.cross_entropy,
+                                                    steps=steps)
+            accuracies.append((out.argmax(-1) == query_y[lo:hi]).float().mean(-1))  # (chunk,)
+        elif lo < hi:  # every rank draws every task (the same stream), adapts only its own
             curve = adaptation_curve(model, params, support_x[lo:hi], support_y[lo:hi], query_x[lo:hi],
                                      query_y[lo:hi], loss_fn=F.cross_entropy, inner_lr=inner_lr, steps=steps,
                                      accuracy=True)
@@ -380,10 +406,13 @@ class FewShotClassifier:
     `mamlkit.data.preprocess.preprocess` (dark strokes on light paper, like Omniglot's PNGs).
     """
 
-    def __init__(self, model: nn.Module, *, n_way: int, inner_lr: float, steps: int, config: FewShotConfig | None = None):
+    def __init__(self, model: nn.Module, *, n_way: int, inner_lr, steps: int, config: FewShotConfig | None = None):
         check_model(model)
         self.model, self.params = model, dict(model.named_parameters())
-        check_inner_lr(inner_lr, self.params)
+        if config is not None and not isinstance(config, FewShotConfig):
+            raise TypeError(f"config: expected a FewShotConfig or None, got {type(config).__name__}")
+        if config is None or config.algorithm == "maml":  # (MAML++ keeps its learned state in α's place)
+            check_inner_lr(inner_lr, self.params)
         check_steps(steps)
         self.n_way, self.inner_lr, self.steps = _positive_int("n_way", n_way), inner_lr, steps
         self.config = config
@@ -407,7 +436,11 @@ class FewShotClassifier:
         model.load_state_dict(learner["model"])
         for p in model.parameters():
             p.requires_grad_(False)  # θ is fixed here: only θ' (a new tensor per call) is computed
-        return cls(model, n_way=config.n_way, inner_lr=config.inner_lr, steps=config.test_steps, config=config)
+        # α: the float, or what was learned (Meta-SGD: one α per entry; MAML++: per-step α and BatchNorm)
+        inner_lr = learner.get("inner_lr", config.inner_lr)
+        if isinstance(inner_lr, dict):
+            inner_lr = {k: v.to(device) for k, v in inner_lr.items()}
+        return cls(model, n_way=config.n_way, inner_lr=inner_lr, steps=config.test_steps, config=config)
 
     @property
     def device(self) -> torch.device:
@@ -477,6 +510,18 @@ class FewShotClassifier:
         statistics. False: each query image is normalized together with the support set, so its label
         does not depend on the other query images (works for a single query image; see conv4.py).
         """
+        if self.config is not None and self.config.algorithm != "maml":  # its own test-time loop (algorithms/)
+            if not transductive:
+                raise ValueError(f"transductive: False is implemented for MAML's inner loop only, not for "
+                                 f"algorithm={self.config.algorithm!r}; use transductive=True")
+            x = self.images(support_images, "support_images")
+            y = self.labels(support_labels, x.shape[0])
+            query = self.images(query_images, "query_images")
+            labels = torch.zeros(query.shape[0], dtype=torch.int64, device=self.device)  # enter only the loss
+            _, out = algorithms.adapted_predictions(self.config.meta_config(), self.model, self.params, self.inner_lr,
+                                                    x[None], y[None], query[None], labels[None],
+                                                    loss_fn=F.cross_entropy, steps=self.steps if steps is None else steps)
+            return out[0].argmax(-1)
         adapted = self.adapt(support_images, support_labels, steps)
         query = self.images(query_images, "query_images")
         with torch.no_grad():

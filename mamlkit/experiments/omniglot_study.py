@@ -31,7 +31,14 @@ import torch
 
 from ..checkpoint import atomic_write_text, load_checkpoint
 from ..cli import nonnegative_int, positive_int
-from .fewshot import FewShotClassifier, FewShotConfig, evaluate_fewshot, omniglot_split, train_fewshot
+from .fewshot import (
+    FewShotClassifier,
+    FewShotConfig,
+    evaluate_fewshot,
+    omniglot_split,
+    saved_config,
+    train_fewshot,
+)
 
 RUNS_DIR = Path("runs/omniglot")
 RECIPE = dict(width=64, downsample="stride", augment=True, meta_lr_schedule="cosine", split="alphabets")
@@ -83,7 +90,7 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
     result_file = checkpoint.with_name(checkpoint.name + ".result.json")
     if result_file.is_file():
         result = json.loads(result_file.read_text())
-        if result["config"] == asdict(config) and result["test_tasks"] == tasks:
+        if saved_config(result["config"]) == asdict(config) and result["test_tasks"] == tasks:
             return result  # done before: the same run, evaluated the same way
     from ..data.omniglot import rotate_classes
 
@@ -122,8 +129,9 @@ def summarize(results: list[dict]) -> dict:
     """Mean ± sd over seeds per (setting, algorithm), and the MAML − FOMAML gap paired by seed."""
     groups: dict[tuple, dict[int, float]] = {}
     for r in results:
-        c = r["config"]
-        if any(c.get(k) != v for k, v in RECIPE.items()) or c.get("first_order_steps", 0):
+        c = saved_config(r["config"])
+        if any(c.get(k) != v for k, v in RECIPE.items()) or c["first_order_steps"] or c["algorithm"] != "maml" \
+                or c["learn_inner_lr"]:
             continue  # an ablation row, not a study run
         setting = next((s for s, v in SETTINGS.items() if all(c.get(k) == x for k, x in v.items())), None)
         if setting is None:
