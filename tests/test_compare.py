@@ -88,7 +88,7 @@ def test_anil_checkpoint_classifies_by_adapting_the_head_only(tmp_path):
         anil_logits = functional_call(learner.model, theta, (qx[0],))
     assert torch.equal(predicted, expected)
     _, out = adapted_predictions(classifier.config.meta_config(), classifier.model, classifier.params,
-                                 classifier.inner_lr, sx[:1], sy[:1], qx[:1], torch.zeros_like(sy[:1, :qx.shape[1]]),
+                                 classifier.inner_lr, sx[:1], sy[:1], qx[:1], torch.zeros(1, qx.shape[1], dtype=torch.int64),
                                  loss_fn=F.cross_entropy, steps=2)  # the logits behind classify's labels
     torch.testing.assert_close(out[0], anil_logits, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(maml_logits, anil_logits, atol=1e-4)  # the check can tell ANIL from MAML
