@@ -188,3 +188,32 @@ def test_cli_table_writes_json_and_rejects_unknown_methods(tmp_path, capsys):
     assert json.loads((tmp_path / "out.json").read_text())["summary"]["5w1s"]["reptile"]["mean"] == 90.0
     with pytest.raises(SystemExit):
         compare.main(["run", "--methods", "matching_net"])
+
+
+def test_ship_refuses_an_unfinished_comparison_and_writes_nothing(tmp_path):
+    config = compare.config_for("5w1s", "maml", 0)
+    (tmp_path / "5w1s_maml_s0.pt.result.json").write_text(json.dumps({"config": config.__dict__, "accuracy": 90.0}))
+    with pytest.raises(ValueError, match="refusing to ship.*5w1s maml \\(1 seeds\\)"):
+        compare.ship(["5w1s"], tmp_path, json_path=tmp_path / "shipped.json", weights_dir=tmp_path / "w")
+    assert not (tmp_path / "shipped.json").exists() and not (tmp_path / "w").exists()
+
+
+def test_ship_then_load_checks_sha256(tmp_path, monkeypatch):
+    # a finished comparison in miniature: every method, 3 seeds, 2 meta-steps on random images
+    monkeypatch.setitem(compare.SETTINGS, "5w1s", {**compare.SETTINGS["5w1s"], "iterations": 2, "meta_batch_size": 2})
+    monkeypatch.setitem(compare.COMMON, "width", 8)
+    runs = tmp_path / "runs"
+    for method in compare.METHODS:
+        config = compare.config_for("5w1s", method, 0)
+        train_fewshot(config, checkpoint_path=runs / f"5w1s_{method}_s0.pt", data=images(), progress=False)
+        for seed in range(3):
+            c = compare.config_for("5w1s", method, seed)
+            (runs / f"5w1s_{method}_s{seed}.pt.result.json").write_text(
+                json.dumps({"config": c.__dict__, "accuracy": 50.0 + seed}))
+    record = compare.ship(["5w1s"], runs, json_path=tmp_path / "b.json", weights_dir=tmp_path / "w")
+    assert record["summary"]["5w1s"]["anil"]["mean"] == 51.0 and len(record["weights"]) == len(compare.METHODS)
+    classifier = compare.shipped_classifier("5w1s", "anil", json_path=tmp_path / "b.json", weights_dir=tmp_path / "w")
+    assert classifier.config.algorithm == "anil"
+    (tmp_path / "w" / "5w1s_anil.pt").write_bytes(b"replaced")
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        compare.shipped_classifier("5w1s", "anil", json_path=tmp_path / "b.json", weights_dir=tmp_path / "w")

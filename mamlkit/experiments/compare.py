@@ -26,24 +26,35 @@ one's peak memory; `table` gathers mean ± sd over seeds beside the published nu
     python -m mamlkit.experiments.compare run --settings 5w1s --seeds 0 1 2
     python -m mamlkit.experiments.compare cost --settings 5w1s 20w1s
     python -m mamlkit.experiments.compare table
+    python -m mamlkit.experiments.compare ship --settings 5w1s     # seed 0's checkpoints + the table, into the package
+
+`ship` is the only command that writes inside the package (mamlkit/weights/beyond_maml/ and
+mamlkit/results/beyond_maml.json, which notebook 07 reads), and it refuses a setting whose runs are not all
+finished for at least 3 seeds at the setting's full budget.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, sha256
 from ..cli import nonnegative_int, positive_int
 from ..memory import peak_memory_mb
-from .fewshot import FewShotConfig, make_learner, saved_config
+from ..paths import RESULTS, WEIGHTS
+from .fewshot import FewShotClassifier, FewShotConfig, export_weights, make_learner, saved_config
 from .omniglot_study import TEST_TASKS, run_path, train_and_evaluate
 
 RUNS_DIR = Path("runs/compare")
+SHIPPED_JSON = RESULTS / "beyond_maml.json"  # the table notebook 07 shows (written only by `ship`)
+SHIPPED_WEIGHTS = WEIGHTS / "beyond_maml"  # seed 0's checkpoint of every method and shipped setting
+MIN_SEEDS = 3
 COMMON = dict(width=32, downsample="stride", augment=True, meta_lr_schedule="cosine", split="alphabets")
 SETTINGS = {
     "5w1s": dict(n_way=5, k_shot=1, q_query=5, meta_batch_size=8, iterations=1000),
@@ -190,17 +201,81 @@ def markdown(summary: dict, cost: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------
+# shipping: the finished comparison into the package, and reading it back
+
+
+def ship(settings, runs_dir=RUNS_DIR, *, json_path=SHIPPED_JSON, weights_dir=SHIPPED_WEIGHTS) -> dict:
+    """Export seed 0's checkpoint of every method of `settings` and write the table with their sha256.
+
+    Refused (ValueError, before anything is written) unless every method of every setting has finished
+    runs for at least MIN_SEEDS seeds at the setting's full budget. Settings shipped before and not named
+    here are kept."""
+    runs_dir = Path(runs_dir)
+    summary = summarize(collect(runs_dir))
+    missing = [f"{s} {m} ({len(summary.get(s, {}).get(m, {}).get('seeds', []))} seeds)" for s in settings
+               for m in METHODS if len(summary.get(s, {}).get(m, {}).get("seeds", [])) < MIN_SEEDS]
+    missing += [f"{s} {m} (no seed 0 checkpoint)" for s in settings for m in METHODS
+                if not run_path(runs_dir, s, m, 0).is_file()]
+    if missing:
+        raise ValueError(f"settings: refusing to ship an unfinished comparison; each method needs finished runs "
+                         f"for {MIN_SEEDS} seeds at the full budget: {', '.join(missing)}")
+    cost_file = runs_dir / "cost.json"
+    record = json.loads(Path(json_path).read_text()) if Path(json_path).is_file() else {}
+    record.update({"command": "python -m mamlkit.experiments.compare run --settings "
+                              f"{' '.join(settings)} --seeds 0 1 2; then cost and ship",
+                   "common": COMMON, "settings": SETTINGS, "methods": METHODS, "published": PUBLISHED,
+                   "cost": json.loads(cost_file.read_text()) if cost_file.is_file() else record.get("cost", {}),
+                   "hardware": f"CPU ({platform.machine()}, {os.cpu_count()} cores); every run on one thread, "
+                               f"two runs at a time"})
+    record.setdefault("summary", {}).update({s: summary[s] for s in settings})
+    weights = record.setdefault("weights", {})
+    Path(weights_dir).mkdir(parents=True, exist_ok=True)
+    for s in settings:
+        for m in METHODS:
+            out = export_weights(run_path(runs_dir, s, m, 0), Path(weights_dir) / f"{s}_{m}.pt")
+            weights[f"{s} {m}"] = {"file": out.name, "sha256": sha256(out), "seed": 0}
+    atomic_write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", Path(json_path))
+    return record
+
+
+def load_shipped(json_path=SHIPPED_JSON) -> dict:
+    """The shipped comparison (the table notebook 07 shows); FileNotFoundError if it was never shipped."""
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"no shipped comparison at {json_path}: `python -m mamlkit.experiments.compare ship` "
+                                f"writes it once the runs are finished")
+    return json.loads(json_path.read_text())
+
+
+def shipped_classifier(setting: str, method: str, json_path=SHIPPED_JSON, weights_dir=SHIPPED_WEIGHTS):
+    """Seed 0's shipped checkpoint of `method` as a FewShotClassifier, after checking its sha256."""
+    entry = load_shipped(json_path).get("weights", {}).get(f"{setting} {method}")
+    if entry is None:
+        raise FileNotFoundError(f"setting, method: no shipped checkpoint for {setting!r} {method!r}")
+    path = Path(weights_dir) / entry["file"]
+    actual = sha256(path) if path.is_file() else "(missing file)"
+    if actual != entry["sha256"]:
+        raise ValueError(f"{path}: sha256 mismatch, expected {entry['sha256']} ({Path(json_path).name}), got {actual}; "
+                         f"restore the file from the repository")
+    return FewShotClassifier.from_checkpoint(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mamlkit.experiments.compare", allow_abbrev=False,
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "train and evaluate the comparison's runs (resumable)"),
                        ("cost", "time per meta-step and peak memory of every method, in one process"),
-                       ("table", "print the table of every finished run")):
+                       ("table", "print the table of every finished run"),
+                       ("ship", "copy seed 0's checkpoints and the table into the package (finished settings only)")):
         p = sub.add_parser(name, help=text, allow_abbrev=False)
         p.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"checkpoints and results (default {RUNS_DIR})")
         if name == "table":
             p.add_argument("--json", default=None, help="also write the summary and cost as JSON to this file")
+            continue
+        if name == "ship":
+            p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings")
             continue
         p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["5w1s"],
                        help="which settings (default 5w1s)")
@@ -221,7 +296,7 @@ def main(argv=None) -> None:
     runs_dir = Path(args.runs_dir)
     cost_file = runs_dir / "cost.json"
     try:
-        if args.command != "table":
+        if args.command in ("run", "cost"):
             torch.set_num_threads(args.threads)
         if args.command == "run":
             for seed in args.seeds:  # seed-major: a stopped queue leaves whole seeds, the fairest partial table
@@ -229,6 +304,9 @@ def main(argv=None) -> None:
                     for method in args.methods:
                         train_and_evaluate(config_for(setting, method, seed), run_path(runs_dir, setting, method, seed),
                                            tasks=args.tasks, data_path=args.data)
+        elif args.command == "ship":
+            ship(args.settings, runs_dir)
+            print(f"shipped {', '.join(args.settings)} -> {SHIPPED_JSON} and {SHIPPED_WEIGHTS}/")
         elif args.command == "cost":
             cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
             for setting in args.settings:
