@@ -1,6 +1,6 @@
 """Every exercise's check names the mistake of each wrong answer in a catalogue, and passes every correct route.
 
-The checks live in mamlkit/course/diagnose.py; the notebooks' check cells call them. For each of the 18 exercises:
+The checks live in mamlkit/course/diagnose.py; the notebooks' check cells call them. For each of the 21 exercises:
 at least three wrong answers (the copied blog's bugs where they apply: 1 a model rebuilt from parameter shapes,
 2 a copy filled with load_state_dict, 3 an inner loop of SGD.step(), 4 one meta-update per task and random
 labels), each fed to the exercise's check, whose message must name the mistake; then the correct routes the
@@ -825,6 +825,59 @@ def sa_leaves_debris(state, path):
 # ==============================================================================================
 # the catalogue: exercise -> ([(wrong answer, regex naming its mistake)], [correct routes])
 
+# -- 07 · Beyond MAML: ANIL's inner loop, prototype logits, ProtoMAML's head
+
+def anil_features_once(model, params, x, y, alpha, steps):
+    # the efficient route: the body's features once, then SGD on the head module alone
+    body = {k: v for k, v in params.items() if not k.startswith("head.")}
+    head = {k[5:]: v for k, v in params.items() if k.startswith("head.")}
+    feats = functional_call(model[:-1], body, (x,))
+    for _ in range(steps):
+        loss = F.cross_entropy(functional_call(model[-1], head, (feats,)), y)
+        g = torch.autograd.grad(loss, list(head.values()), create_graph=True)
+        head = {k: v - alpha * gi for (k, v), gi in zip(head.items(), g)}
+    return {**params, **{"head." + k: v for k, v in head.items()}}
+
+
+def anil_variant(*, all_entries=False, sign=1.0, steps=None, create_graph=True, detach=False):
+    def fn(model, params, x, y, alpha, n):
+        theta = dict(params)
+        for _ in range(n if steps is None else steps):
+            fast = {k: v for k, v in theta.items() if all_entries or k.startswith("head.")}
+            loss = F.cross_entropy(functional_call(model, theta, (x,)), y)
+            g = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
+            theta = {**theta, **{k: v - sign * alpha * gi for (k, v), gi in zip(fast.items(), g)}}
+        return {k: v.detach() for k, v in theta.items()} if detach else theta
+    return fn
+
+
+def protos_by_onehot(s, y, q, n_way):
+    onehot = F.one_hot(y, n_way).to(s.dtype)
+    return -torch.cdist(q, onehot.T @ s / onehot.sum(0)[:, None]) ** 2
+
+
+def protos_by_position(s, y, q, n_way):  # assumes the support set sorted by class
+    c = s.reshape(n_way, -1, s.shape[-1]).mean(1)
+    return -((q[:, None] - c[None]) ** 2).sum(-1)
+
+
+def protos_class_sums(s, y, q, n_way):
+    return -torch.cdist(q, torch.stack([s[y == k].sum(0) for k in range(n_way)])) ** 2
+
+
+def protos_unsquared(s, y, q, n_way):
+    return -torch.cdist(q, torch.stack([s[y == k].mean(0) for k in range(n_way)]))
+
+
+def protos_positive(s, y, q, n_way):
+    return torch.cdist(q, torch.stack([s[y == k].mean(0) for k in range(n_way)])) ** 2
+
+
+def protos_detached(s, y, q, n_way):
+    return dg.reference_prototype_logits(s.detach(), y, q.detach(), n_way)
+
+
+
 CATALOGUE = {
     "01.1": ([
         (step_in_place, r"your function changed θ in place"),
@@ -969,6 +1022,28 @@ CATALOGUE = {
         (sa_swallows_errors, r"let the error propagate"),
         (sa_leaves_debris, r"failed save left .* delete the temporary file"),
     ], [sa_right, mamlkit.atomic_save]),
+    "07.1": ([
+        (anil_variant(all_entries=True), r"MAML's inner loop"),
+        (anil_variant(sign=-1.0), r"uphill"),
+        (anil_variant(steps=1), r"one inner step only"),
+        (anil_variant(create_graph=False), r"first-order ANIL"),
+        (anil_variant(detach=True), r"no graph back to θ|first-order ANIL"),
+    ], [dg.reference_anil_adapt, anil_features_once]),
+    "07.2": ([
+        (protos_positive, r"sign is flipped"),
+        (protos_unsquared, r"not squared"),
+        (protos_class_sums, r"prototypes are sums"),
+        (protos_by_position, r"order of the support set"),
+        (protos_detached, r"no graph"),
+        (lambda s, y, q, n: dg.reference_prototype_logits(s, y, q, n).T, r"swapped|shape"),
+    ], [dg.reference_prototype_logits, protos_by_onehot]),
+    "07.3": ([
+        (lambda c: (c, -(c ** 2).sum(-1)), r"W_k = 2 c_k"),
+        (lambda c: (2 * c, (c ** 2).sum(-1)), r"wrong sign"),
+        (lambda c: (2 * c, -c.norm(dim=-1)), r"not squared"),
+        (lambda c: (2 * c, torch.zeros(c.shape[0])), r"missing"),
+        (lambda c: 2 * c, r"pair"),
+    ], [dg.reference_protomaml_head, lambda c: (c + c, -(c * c).sum(1))]),
 }
 
 WRONG = [(key, i) for key, (wrong, _) in CATALOGUE.items() for i in range(len(wrong))]
@@ -1006,7 +1081,7 @@ def test_correct_route_passes(key, i, capsys):
 
 def test_catalogue_covers_every_exercise_with_three_wrong_answers():
     assert set(CATALOGUE) == set(dg.EXERCISES)
-    assert len(dg.EXERCISES) == count_exercises(ROOT / "solutions") == 18
+    assert len(dg.EXERCISES) == count_exercises(ROOT / "solutions") == 21
     assert all(len(wrong) >= 3 and right for wrong, right in CATALOGUE.values())
 
 

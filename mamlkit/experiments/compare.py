@@ -165,7 +165,8 @@ def summarize(results: list[dict]) -> dict:
     for (setting, method), runs in sorted(groups.items()):
         acc = [r["accuracy"] for r in runs]
         entry = {"mean": round(statistics.fmean(acc), 2), "sd": round(statistics.stdev(acc), 2) if len(acc) > 1 else None,
-                 "seeds": sorted(r["config"]["seed"] for r in runs), "iterations": runs[0]["config"]["iterations"]}
+                 "seeds": sorted(r["config"]["seed"] for r in runs), "iterations": runs[0]["config"]["iterations"],
+                 "by_seed": {str(r["config"]["seed"]): r["accuracy"] for r in runs}}
         lake = [r["lake_error"] for r in runs if "lake_error" in r]
         if lake:
             entry["lake_error"] = round(statistics.fmean(lake), 1)
