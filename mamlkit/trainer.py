@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Mapping
@@ -351,6 +352,9 @@ def train(
     rank, world = distributed.rank(), distributed.world_size()
     generator = torch.Generator().manual_seed(distributed.rank_seed(seed, rank))  # rank 0: `seed` itself
     log: list[dict] = []
+    # wall time spent training, summed over every resumed session (a checkpoint written before this was
+    # recorded counts from the step it was resumed at: `seconds_from_step`)
+    seconds, seconds_from_step = 0.0, 0
     if checkpoint_path is not None:
         check_writable(checkpoint_path, "checkpoint_path")  # before any meta-step: its work must be savable
     if checkpoint_path is not None and Path(checkpoint_path).exists():
@@ -376,6 +380,7 @@ def train(
         learner.load_state_dict(state["learner"], where=where)
         generator.set_state(generators[rank])
         log = list(state["log"])
+        seconds, seconds_from_step = float(state.get("seconds", 0.0)), int(state.get("seconds_from_step", learner.step))
     distributed.broadcast_tensors(learner.optimizer.param_groups[0]["params"])  # every rank starts from rank 0's θ
 
     def save():
@@ -384,12 +389,13 @@ def train(
         generators = distributed.gather_to_rank0(generator.get_state())  # every rank's task stream, on rank 0
         if rank == 0:  # one writer; the ranks' θ are identical
             save_checkpoint({"learner": learner.state_dict(), "generator": generators[0], "generators": generators,
-                             "log": log, "iterations": iterations}, checkpoint_path)
+                             "log": log, "iterations": iterations, "seconds_from_step": seconds_from_step,
+                             "seconds": seconds + time.perf_counter() - started}, checkpoint_path)
             if on_checkpoint is not None:
                 on_checkpoint(learner)
 
     bar = progress_bar(total=iterations, initial=learner.step, desc=desc, disable=not progress or rank != 0)
-    running = None
+    running, started = None, time.perf_counter()
     try:
         while learner.step < iterations:
             for group in learner.optimizer.param_groups:  # β of this step (a pure function of the step: resumable)

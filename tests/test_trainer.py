@@ -275,3 +275,18 @@ def test_a_meta_step_reads_the_device_once(batching, monkeypatch):
     learner.meta_step(*batch)
     monkeypatch.undo()
     assert len(reads) <= 1, f"meta_step synchronised with the device {len(reads)} times: {reads}"
+
+
+def test_checkpoint_records_training_seconds_summed_over_resumes(tmp_path, monkeypatch):
+    clock = iter(range(0, 1000, 10))  # each perf_counter() call: 10 s later
+    monkeypatch.setattr(mamlkit.trainer.time, "perf_counter", lambda: float(next(clock)))
+    path = tmp_path / "run.pt"
+    train(make_learner(), sampler, iterations=2, checkpoint_path=path, checkpoint_every=2, progress=False)
+    first = load_checkpoint(path)
+    assert (first["seconds"], first["seconds_from_step"]) == (10.0, 0)  # start at 0, saved at 10
+    train(make_learner(), sampler, iterations=4, checkpoint_path=path, checkpoint_every=2, progress=False)
+    assert load_checkpoint(path)["seconds"] == 20.0  # 10 s more in the resumed session
+    legacy = {k: v for k, v in load_checkpoint(path).items() if k not in ("seconds", "seconds_from_step")}
+    save_checkpoint(legacy, path)  # a checkpoint from before the time was recorded
+    train(make_learner(), sampler, iterations=6, checkpoint_path=path, checkpoint_every=2, progress=False)
+    assert load_checkpoint(path)["seconds_from_step"] == 4  # the time of steps 1-4 is unknown, and says so

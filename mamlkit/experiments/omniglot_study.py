@@ -100,12 +100,16 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
     learner, _ = train_fewshot(config, checkpoint_path=checkpoint, data=rotate_classes(train_set.images),
                                progress=progress, checkpoint_every=250, snapshots=True)
     seconds = time.perf_counter() - start
+    state = load_checkpoint(checkpoint)
     accuracy, ci95 = evaluate_fewshot(learner, test_set.images, n_way=config.n_way, k_shot=config.k_shot,
                                       tasks=tasks, seed=TEST_SEED)
     result = {"checkpoint": checkpoint.name, "config": asdict(config), "test_tasks": tasks,
               "test_characters": len(test_set.names), "test_alphabets": test_set.alphabets,
               "accuracy": round(100 * accuracy, 2), "ci95": round(100 * ci95, 2),
               "train_seconds_this_call": round(seconds, 1), "resumed_from_step": start_step,
+              # the training wall time summed over every session, counted from seconds_from_step (0: all of it)
+              "train_seconds": round(state.get("seconds", 0.0), 1) if "seconds" in state else None,
+              "train_seconds_from_step": state.get("seconds_from_step"),
               "threads": torch.get_num_threads(), "row": row}
     if config.n_way == 20 and config.split == "alphabets":
         from .lake import evaluate_within_alphabet
