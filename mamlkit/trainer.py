@@ -176,8 +176,14 @@ class MetaLearner:
         return next(iter(self.params.values())).device
 
     def adapt(self, support_x, support_y, steps: int | None = None, first_order: bool | None = None):
-        """θ'ᵢ for each task of a batch (tasks, K, ...). Returns (θ' stacked, support losses (tasks, steps))."""
+        """θ'ᵢ for each task of a batch (tasks, K, ...). Returns (θ' stacked, support losses (tasks, steps)).
+
+        MAML's inner loop (also FOMAML's, Meta-SGD's, Reptile's); the other algorithms adapt differently:
+        `algorithms.adapted_predictions` runs each one's own test-time loop."""
         c = self.config
+        if c.algorithm not in ("maml", "reptile"):
+            raise ValueError(f"adapt: algorithm={c.algorithm!r} does not adapt θ with MAML's inner loop; use "
+                             f"mamlkit.algorithms.adapted_predictions(learner.config, ...) for its predictions")
         check_support_batch(support_x, support_y)
         return adapt_batch(
             self.model, self.params, support_x.to(self.device), support_y.to(self.device),

@@ -217,3 +217,16 @@ def test_ship_then_load_checks_sha256(tmp_path, monkeypatch):
     (tmp_path / "w" / "5w1s_anil.pt").write_bytes(b"replaced")
     with pytest.raises(ValueError, match="sha256 mismatch"):
         compare.shipped_classifier("5w1s", "anil", json_path=tmp_path / "b.json", weights_dir=tmp_path / "w")
+
+
+@pytest.mark.parametrize("algorithm", ["anil", "mamlpp", "protonet", "protomaml"])
+def test_adapt_refuses_algorithms_that_do_not_adapt_like_maml(algorithm):
+    changes = {"algorithm": algorithm, **({"inner_steps": 2} if algorithm == "mamlpp" else {})}
+    learner = make_learner(tiny(**changes))
+    sx, sy, qx, qy = tasks()
+    with pytest.raises(ValueError, match="adapted_predictions"):
+        learner.adapt(sx, sy)
+    classifier = FewShotClassifier(learner.model, n_way=5, inner_lr=learner.inner_lr, steps=1, config=tiny(**changes))
+    with pytest.raises(ValueError, match="classify"):
+        classifier.adapt(sx[0], sy[0])
+    assert classifier.classify(sx[0], sy[0], qx[0]).shape == (15,)  # its own loop

@@ -122,8 +122,10 @@ def adapted_predictions(config, model, params, inner_lr, support_x, support_y, q
     """
     theta = {k: p.detach() for k, p in params.items()}
     lr = {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
+    # (MAML++: the query loss after the last step, whatever the multi-step loss weights were in training)
+    task_losses = mamlpp_task_losses if config.algorithm == "mamlpp" else task_losses_for(config)
     with torch.enable_grad():  # the inner loop takes gradients even when the caller is under no_grad
-        losses, _, out = task_losses_for(config)(model, theta, support_x, support_y, query_x, query_y, loss_fn=loss_fn,
+        losses, _, out = task_losses(model, theta, support_x, support_y, query_x, query_y, loss_fn=loss_fn,
                                                  inner_lr=lr, steps=steps, first_order=True, batching=batching)
     return losses.detach(), out.detach()
 

@@ -494,7 +494,13 @@ class FewShotClassifier:
         return y.to(self.device, torch.int64)
 
     def adapt(self, support_images, support_labels, steps: int | None = None) -> dict:
-        """θ' = θ − α ∇θ L(θ; support), `steps` times (default: the test steps the model was trained for)."""
+        """θ' = θ − α ∇θ L(θ; support), `steps` times (default: the test steps the model was trained for).
+
+        MAML's inner loop: for a checkpoint of ANIL, MAML++, ProtoNets or ProtoMAML, `classify` runs the
+        algorithm's own loop, and this raises."""
+        if self.config is not None and self.config.algorithm not in ("maml", "reptile"):
+            raise ValueError(f"adapt: this checkpoint's algorithm={self.config.algorithm!r} does not adapt θ with "
+                             f"MAML's inner loop; classify(...) runs its own")
         x = self.images(support_images, "support_images")
         y = self.labels(support_labels, x.shape[0])
         steps = self.steps if steps is None else steps
@@ -510,7 +516,7 @@ class FewShotClassifier:
         statistics. False: each query image is normalized together with the support set, so its label
         does not depend on the other query images (works for a single query image; see conv4.py).
         """
-        if self.config is not None and self.config.algorithm != "maml":  # its own test-time loop (algorithms/)
+        if self.config is not None and self.config.algorithm not in ("maml", "reptile"):  # its own loop (algorithms/)
             if not transductive:
                 raise ValueError(f"transductive: False is implemented for MAML's inner loop only, not for "
                                  f"algorithm={self.config.algorithm!r}; use transductive=True")
