@@ -71,3 +71,40 @@ def test_command_line_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         study.main(["run", "--settings", "5w2s"])
     assert e.value.code == 2 and "--settings" in capsys.readouterr().err
+
+
+def test_ship_replaces_the_settings_checkpoint_and_rows_and_refuses_shorter_runs(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from mamlkit.experiments import fewshot
+    from mamlkit.experiments.fewshot import train_fewshot
+
+    weights, runs = tmp_path / "weights", tmp_path / "runs"
+    weights.mkdir()
+    monkeypatch.setattr(fewshot, "WEIGHTS", weights)
+    monkeypatch.setattr(fewshot, "RESULTS_JSON", weights / "omniglot_results.json")
+    old = {"name": "omniglot_5way_1shot_maml", "config": {"iterations": 2}, "weights": "old.pt", "accuracy": 87.0}
+    other = {"name": "omniglot_5way_5shot_maml", "config": {"iterations": 400}, "weights": "five.pt"}
+    (weights / "omniglot_results.json").write_text(json.dumps({"command": "results", "runs": [old, other]}))
+    g = torch.Generator().manual_seed(0)
+    images = ((torch.rand(8, 20, 28, 28, generator=g) > 0.8) * 255).to(torch.uint8)
+    config = study.config_for("5w1s", "maml", 0, iterations=3, width=8, meta_batch_size=2, q_query=2)
+    path = study.run_path(runs, "5w1s", "maml", 0)
+    train_fewshot(config, checkpoint_path=path, data=images, progress=False)
+    result = {"config": asdict(config), "accuracy": 96.0, "ci95": 0.5, "test_tasks": 600, "train_seconds": 12.0,
+              "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62}
+    path.with_name(path.name + ".result.json").write_text(json.dumps(result))
+    with pytest.raises(ValueError, match="no finished MAML run of 20w1s"):
+        study.ship(["5w1s", "20w1s"], runs)
+    assert json.loads((weights / "omniglot_results.json").read_text())["runs"][0] == old  # nothing written
+    table = study.ship(["5w1s"], runs)
+    rows = {r["name"]: r for r in table["runs"]}
+    assert rows["omniglot_5way_5shot_maml"] == other  # a setting not named keeps its row
+    new = rows["omniglot_5way_1shot_maml"]
+    assert (new["accuracy"], new["budget"], new["config"]["width"]) == (96.0, False, 8)
+    classifier = fewshot.load_pretrained(5, 1)  # the shipped file, its sha256 checked
+    assert classifier.config.split == "alphabets" and classifier.config.iterations == 3
+    longer = {**new, "config": {**new["config"], "iterations": 10}}
+    (weights / "omniglot_results.json").write_text(json.dumps({"runs": [longer]}))
+    with pytest.raises(ValueError, match="shorter run"):
+        study.ship(["5w1s"], runs)

@@ -17,6 +17,11 @@ mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap pai
     python -m mamlkit.experiments.omniglot_study run --settings 5w1s --algorithms maml fomaml --seeds 0 1 2
     python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2
     python -m mamlkit.experiments.omniglot_study table
+    python -m mamlkit.experiments.omniglot_study ship --settings 5w1s 20w1s   # seed 0's MAML -> load_pretrained
+
+`ship` replaces the shipped checkpoint of each setting (mamlkit/weights/, what `load_pretrained` returns) by
+the study's MAML run of `--seed`, and that setting's MAML and FOMAML rows of the shipped table by the
+study's results; it refuses a run shorter than the row it would replace, and settings not named keep theirs.
 """
 from __future__ import annotations
 
@@ -29,12 +34,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_text, load_checkpoint
+from ..checkpoint import atomic_write_text, load_checkpoint, sha256
 from ..cli import nonnegative_int, positive_int
+from . import fewshot  # fewshot.WEIGHTS and fewshot.RESULTS_JSON are read at call time (tests point them elsewhere)
 from .fewshot import (
+    PAPER,
     FewShotClassifier,
     FewShotConfig,
     evaluate_fewshot,
+    export_weights,
     omniglot_split,
     saved_config,
     train_fewshot,
@@ -181,16 +189,69 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
+    """Ship the study's MAML run of `seed` for each setting (checkpoint + table row; FOMAML's row too, if done).
+
+    Refused (ValueError, before anything is written) when a setting's MAML result is missing or a run is
+    shorter than the shipped row it would replace. Returns the new shipped table."""
+    shipped_json, weights = fewshot.RESULTS_JSON, fewshot.WEIGHTS
+    table = json.loads(shipped_json.read_text()) if shipped_json.is_file() else {"runs": []}
+    rows = {r["name"]: r for r in table["runs"]}
+    new = []
+    for setting in settings:
+        for algorithm in ALGORITHMS:
+            path = run_path(runs_dir, setting, algorithm, seed)
+            result_file = path.with_name(path.name + ".result.json")
+            if not result_file.is_file():
+                if algorithm == "maml":
+                    raise ValueError(f"settings: no finished MAML run of {setting} for seed {seed} ({result_file})")
+                continue
+            result = json.loads(result_file.read_text())
+            config = FewShotConfig(**saved_config(result["config"]))
+            old = rows.get(config.name)
+            if old is not None and old["config"]["iterations"] > config.iterations:
+                raise ValueError(f"settings: {config.name} ran {config.iterations} meta-steps, the shipped one "
+                                 f"{old['config']['iterations']}: refusing to ship a shorter run")
+            new.append((path, config, result, algorithm == "maml"))
+    for path, config, result, with_weights in new:
+        row = {"name": config.name, "n_way": config.n_way, "k_shot": config.k_shot,
+               "algorithm": "FOMAML" if config.first_order else "MAML", "accuracy": result["accuracy"],
+               "ci95": result["ci95"], "paper": PAPER.get((config.n_way, config.k_shot, config.first_order)),
+               "chance": round(100 / config.n_way, 2), "test_tasks": result["test_tasks"],
+               "test_steps": config.test_steps, "config": asdict(config), "train_seconds": result.get("train_seconds"),
+               "budget": False, "source": f"the Omniglot study, seed {seed}",
+               "command": f"python -m mamlkit.experiments.omniglot_study run --settings {path.name.split('_')[0]} "
+                          f"--algorithms {path.name.split('_')[1]} --seeds {seed}",
+               "trained_on": f"the minimal background sets without {', '.join(result['test_alphabets'])} "
+                             f"(x 4 rotations)", "test_alphabets": result["test_alphabets"],
+               "test_characters": result["test_characters"], "weights": None, "sha256": None}
+        for key in ("lake_error", "lake_ci95", "lake_runs"):
+            if key in result:
+                row[key] = result[key]
+        if with_weights:
+            out = export_weights(path, weights / f"{config.name}.pt")
+            row["weights"], row["sha256"] = out.name, sha256(out)
+        rows[config.name] = row
+    table["runs"] = list(rows.values())
+    atomic_write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", shipped_json)
+    return table
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mamlkit.experiments.omniglot_study", allow_abbrev=False,
                                      description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "train and evaluate study runs (resumable)"),
                        ("ablation", "train and evaluate the ablation rows (5-way 1-shot MAML)"),
-                       ("table", "print the table of every finished run")):
+                       ("table", "print the table of every finished run"),
+                       ("ship", "replace the shipped checkpoints (load_pretrained) by the study's MAML runs")):
         p = sub.add_parser(name, help=text, allow_abbrev=False)
         p.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"checkpoints and results (default {RUNS_DIR})")
         if name == "table":
+            continue
+        if name == "ship":
+            p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings")
+            p.add_argument("--seed", type=nonnegative_int, default=0, help="which seed's runs (default 0)")
             continue
         p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="seeds (default 0)")
         p.add_argument("--tasks", type=positive_int, default=TEST_TASKS, help=f"test tasks (default {TEST_TASKS})")
@@ -210,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "table":
+        if args.command == "ship":
+            ship(args.settings, args.runs_dir, args.seed)
+            print(f"shipped {', '.join(args.settings)} (seed {args.seed}) -> {fewshot.RESULTS_JSON}")
+        elif args.command != "table":
             if args.threads:
                 torch.set_num_threads(args.threads)
             if args.command == "run":
