@@ -99,7 +99,7 @@ def test_ship_replaces_the_settings_checkpoint_and_rows_and_refuses_shorter_runs
     assert json.loads((weights / "omniglot_results.json").read_text())["runs"][0] == old  # nothing written
     table = study.ship(["5w1s"], runs)
     rows = {r["name"]: r for r in table["runs"]}
-    assert rows["omniglot_5way_5shot_maml"] == other  # a setting not named keeps its row
+    assert rows["omniglot_5way_5shot_maml"] == {"budget": True, **other}  # a setting not named keeps its row
     new = rows["omniglot_5way_1shot_maml"]
     assert (new["accuracy"], new["budget"], new["config"]["width"]) == (96.0, False, 8)
     classifier = fewshot.load_pretrained(5, 1)  # the shipped file, its sha256 checked

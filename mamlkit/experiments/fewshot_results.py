@@ -174,8 +174,10 @@ def _write_table(json_path: Path, command: str, data, train_set, test_set, resul
 
 def markdown_row(run: dict) -> str:
     paper = f"{run['paper'][0]} ± {run['paper'][1]}" if run.get("paper") else "—"
-    return (f"| {run['n_way']}-way {run['k_shot']}-shot | {run['algorithm']} | {run['accuracy']:.1f} ± {run['ci95']:.1f} "
-            f"| {paper} | {run['chance']:.0f} | {run['config']['iterations']} | {run['train_seconds'] / 60:.1f} min |")
+    kind = "" if run.get("budget", True) else f" ({run.get('source', 'study run')})"  # budget runs: `results`' own
+    return (f"| {run['n_way']}-way {run['k_shot']}-shot | {run['algorithm']}{kind} | {run['accuracy']:.1f} ± {run['ci95']:.1f} "
+            f"| {paper} | {run['chance']:.0f} | {run['config']['iterations']} | "
+            + (f"{run['train_seconds'] / 60:.1f} min |" if run.get("train_seconds") else "not recorded |"))
 
 
 def markdown_table(table: dict) -> str:

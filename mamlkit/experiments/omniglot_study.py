@@ -196,7 +196,7 @@ def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
     shorter than the shipped row it would replace. Returns the new shipped table."""
     shipped_json, weights = fewshot.RESULTS_JSON, fewshot.WEIGHTS
     table = json.loads(shipped_json.read_text()) if shipped_json.is_file() else {"runs": []}
-    rows = {r["name"]: r for r in table["runs"]}
+    rows = {r["name"]: {"budget": True, **r} for r in table["runs"]}  # rows before the study: `results`' budget runs
     new = []
     for setting in settings:
         for algorithm in ALGORITHMS:
@@ -219,7 +219,7 @@ def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
                "ci95": result["ci95"], "paper": PAPER.get((config.n_way, config.k_shot, config.first_order)),
                "chance": round(100 / config.n_way, 2), "test_tasks": result["test_tasks"],
                "test_steps": config.test_steps, "config": asdict(config), "train_seconds": result.get("train_seconds"),
-               "budget": False, "source": f"the Omniglot study, seed {seed}",
+               "budget": False, "source": f"omniglot_study run, seed {seed}",
                "command": f"python -m mamlkit.experiments.omniglot_study run --settings {path.name.split('_')[0]} "
                           f"--algorithms {path.name.split('_')[1]} --seeds {seed}",
                "trained_on": f"the minimal background sets without {', '.join(result['test_alphabets'])} "
