@@ -64,9 +64,12 @@ class MetaConfig:
     algorithm: str = "maml"
     head: str | None = None  # ANIL, ProtoNets, ProtoMAML: the name of the model's last layer (None: any)
     multi_step_loss_steps: int = 7500  # MAML++: meta-steps over which the multi-step loss anneals (paper: 15 x 500)
+    # the zeroing trick (Kao et al. 2022): the head is 0 at the start of every task's inner loop and is not
+    # meta-learned, so θ' starts from uniform predictions (what second-order MAML learns by itself)
+    zero_head: bool = False
 
     def __post_init__(self):
-        for name in ("first_order", "learn_inner_lr", "bf16"):  # "no" is truthy: never read a string as a switch
+        for name in ("first_order", "learn_inner_lr", "bf16", "zero_head"):  # "no" is truthy: never read a string as a switch
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         self.inner_lr = _number("inner_lr", self.inner_lr, "a positive finite float (α)", lambda v: v > 0)
@@ -161,6 +164,13 @@ class MetaLearner:
         self.params = dict(model.named_parameters())  # θ
         if not self.params:
             raise ValueError("model: it has no parameters, so there is nothing to meta-learn")
+        self.head_params = []  # zero_head: θ_head, kept at 0 (its meta-gradient is dropped in meta_step)
+        if self.config.zero_head:
+            _, head, _ = algorithms.common.split(model, self.config.head)
+            self.head_params = list(head.parameters())
+            with torch.no_grad():
+                for p in self.head_params:
+                    p.zero_()
         if self.config.learn_inner_lr:  # Meta-SGD: α has θ's shapes and is learned by the same optimizer
             self.inner_lr = {k: torch.full_like(p, self.config.inner_lr, requires_grad=True) for k, p in self.params.items()}
         else:
@@ -239,6 +249,8 @@ class MetaLearner:
             first = s_losses[:, 0].sum() if s_losses.shape[1] else loss.new_zeros(())
             totals += torch.stack([loss.detach(), first.to(dtype), correct.to(dtype)])
             support_losses.append(s_losses)
+        for p in self.head_params:  # zero_head: the head stays 0 (Adam's update of a gradient that is always 0 is 0)
+            p.grad = None if p.grad is None else torch.zeros_like(p.grad)
         grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         if distributed.is_distributed():  # ONE all-reduce: the meta-gradient and metrics of all ranks' tasks
             scale = totals.new_tensor([1.0, tasks, tasks])  # per-rank means in, union means out (distributed.py)

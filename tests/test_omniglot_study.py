@@ -108,3 +108,12 @@ def test_ship_replaces_the_settings_checkpoint_and_rows_and_refuses_shorter_runs
     (weights / "omniglot_results.json").write_text(json.dumps({"runs": [longer]}))
     with pytest.raises(ValueError, match="shorter run"):
         study.ship(["5w1s"], runs)
+
+
+def test_zeroed_head_runs_are_their_own_rows_with_paired_gaps():
+    results = [fake_result("20w1s", "maml", s, a) for s, a in ((0, 85.0), (1, 86.0))]
+    results += [fake_result("20w1s", "fomaml_zerohead", s, a) for s, a in ((0, 82.0), (1, 85.0))]
+    summary = study.summarize(results)
+    assert summary["20w1s fomaml_zerohead"]["mean"] == 83.5 and "20w1s fomaml" not in summary
+    assert summary["20w1s gap maml − fomaml_zerohead"]["mean"] == 2.0
+    assert study.config_for("20w1s", "fomaml_zerohead", 0).name == "omniglot_20way_1shot_fomaml_zerohead"

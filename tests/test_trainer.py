@@ -290,3 +290,35 @@ def test_checkpoint_records_training_seconds_summed_over_resumes(tmp_path, monke
     save_checkpoint(legacy, path)  # a checkpoint from before the time was recorded
     train(make_learner(), sampler, iterations=6, checkpoint_path=path, checkpoint_every=2, progress=False)
     assert load_checkpoint(path)["seconds_from_step"] == 4  # the time of steps 1-4 is unknown, and says so
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_zero_head_keeps_the_head_at_zero_and_follows_the_bodys_meta_gradient(first_order):
+    import math
+
+    from mamlkit.experiments.fewshot import FewShotConfig, make_learner
+
+    config = FewShotConfig(n_way=5, k_shot=1, q_query=2, meta_batch_size=2, width=8, meta_lr=0.01, zero_head=True,
+                           first_order=first_order)
+    learner = make_learner(config)
+    assert all(float(p.abs().max()) == 0 for p in learner.head_params) and learner.head_params
+    g = torch.Generator().manual_seed(0)
+    images = ((torch.rand(10, 20, 28, 28, generator=g) > 0.8) * 255).to(torch.uint8)
+    from mamlkit.data.episodes import EpisodeSampler
+
+    batch = EpisodeSampler(images, n_way=5, k_shot=1, q_query=2, meta_batch_size=2).sample(g)
+    before = {k: v.detach().clone() for k, v in learner.params.items()}
+    # independent of the trainer: mamlkit.meta_loss at θ (head = 0), and Adam's first step -β·g/(|g| + ε)
+    loss = meta_loss(learner.model, learner.params, *batch, loss_fn=F.cross_entropy, inner_lr=config.inner_lr,
+                     first_order=first_order)
+    grads = dict(zip(learner.params, torch.autograd.grad(loss, list(learner.params.values()))))
+    metrics = learner.meta_step(*batch)
+    assert metrics["support_loss"] == pytest.approx(math.log(5), rel=1e-6)  # zero logits: uniform before adapting
+    for k, p in learner.params.items():
+        if k.startswith("head."):
+            assert float(p.abs().max()) == 0, k  # not meta-learned
+        else:
+            torch.testing.assert_close(p.detach(), before[k] - 0.01 * grads[k] / (grads[k].abs() + 1e-8), rtol=0, atol=1e-6)
+    assert config.variant == ("fomaml" if first_order else "maml") + "_zerohead"
+    with pytest.raises(ValueError, match="zero_head"):
+        FewShotConfig(algorithm="protonet", inner_steps=0, test_steps=1, zero_head=True)

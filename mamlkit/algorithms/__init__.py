@@ -75,6 +75,9 @@ def check_config(config) -> None:
                "protonet": "ProtoNets have no inner loop"}[algorithm]
         raise ValueError(f"learn_inner_lr: Meta-SGD's learned α works with {META_SGD_ALGORITHMS}, not with "
                          f"algorithm={algorithm!r}: {why}")
+    if config.zero_head and algorithm not in ("maml", "anil", "mamlpp", "reptile"):
+        raise ValueError(f"zero_head: ProtoNets and ProtoMAML build the head from the prototypes, so zero_head=True "
+                         f"does not apply to algorithm={algorithm!r}")
     if algorithm in ("mamlpp", "reptile") and config.inner_steps < 1:
         raise ValueError(f"inner_steps: algorithm={algorithm!r} needs at least one inner step, got {config.inner_steps}")
 

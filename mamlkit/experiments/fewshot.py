@@ -97,6 +97,7 @@ class FewShotConfig:
     algorithm: str = "maml"
     learn_inner_lr: bool = False  # True: Meta-SGD, a learned α per parameter entry
     multi_step_loss_steps: int = 7500  # MAML++ only: meta-steps over which the multi-step loss anneals
+    zero_head: bool = False  # the zeroing trick (Kao et al. 2022): the head is 0 and not meta-learned
 
     def __post_init__(self):
         _positive_int("n_way", self.n_way)
@@ -119,7 +120,7 @@ class FewShotConfig:
         _positive_int("test_steps", self.test_steps)
         if self.split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {self.split!r}")
-        for name in ("first_order", "bf16", "augment", "learn_inner_lr"):
+        for name in ("first_order", "bf16", "augment", "learn_inner_lr", "zero_head"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.downsample not in DOWNSAMPLES:
@@ -137,7 +138,8 @@ class FewShotConfig:
         return MetaConfig(inner_lr=self.inner_lr, meta_lr=self.meta_lr, inner_steps=self.inner_steps,
                           first_order=self.first_order, bf16=self.bf16, meta_lr_schedule=self.meta_lr_schedule,
                           first_order_steps=self.first_order_steps, algorithm=self.algorithm,
-                          learn_inner_lr=self.learn_inner_lr, multi_step_loss_steps=self.multi_step_loss_steps)
+                          learn_inner_lr=self.learn_inner_lr, multi_step_loss_steps=self.multi_step_loss_steps,
+                          zero_head=self.zero_head)
 
     @property
     def variant(self) -> str:
@@ -147,7 +149,7 @@ class FewShotConfig:
             name = "fomaml" if name == "maml" else name + "_first_order"
         if self.learn_inner_lr:
             name = "metasgd" if name == "maml" else name + "_metasgd"
-        return name
+        return name + ("_zerohead" if self.zero_head else "")
 
     @property
     def name(self) -> str:
@@ -160,7 +162,7 @@ RESUMABLE_CHANGES = ("iterations", "device")
 SPLITS = ("alphabets", "characters")
 # what a checkpoint written before a field existed was trained with
 LEGACY_DEFAULTS = {"split": "characters", "augment": False, "meta_lr_schedule": "constant", "first_order_steps": 0,
-                   "algorithm": "maml", "learn_inner_lr": False, "multi_step_loss_steps": 7500}
+                   "algorithm": "maml", "learn_inner_lr": False, "multi_step_loss_steps": 7500, "zero_head": False}
 
 
 def saved_config(saved: dict) -> dict:

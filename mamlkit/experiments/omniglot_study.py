@@ -60,7 +60,13 @@ SETTINGS = {
     "20w1s": dict(n_way=20, k_shot=1, q_query=2, meta_batch_size=16, inner_steps=1, inner_lr=0.4, test_steps=3,
                   iterations=4000),
 }
-ALGORITHMS = {"maml": False, "fomaml": True}  # name -> first_order
+# name -> FewShotConfig switches. The "_zerohead" variants use the zeroing trick (Kao et al. 2022): the head
+# starts every task at 0 and is not meta-learned. Second-order MAML learns a θ whose predictions before
+# adaptation are uniform (its support loss stays at ln N); FOMAML's meta-gradient lacks the term that
+# teaches this, and zeroing the head gives it for free.
+ALGORITHMS = {"maml": {}, "fomaml": {"first_order": True}, "maml_zerohead": {"zero_head": True},
+              "fomaml_zerohead": {"first_order": True, "zero_head": True}}
+PAIRS = (("maml", "fomaml"), ("maml", "fomaml_zerohead"), ("maml_zerohead", "fomaml_zerohead"))  # paired gaps
 # The ablation: 5-way 1-shot MAML, one change to the recipe per row (same seeds, same test tasks).
 ABLATION = {
     "plain (constant β, no augmentation)": dict(augment=False, meta_lr_schedule="constant"),
@@ -82,7 +88,7 @@ def config_for(setting: str, algorithm: str, seed: int, **changes) -> FewShotCon
     values = {**RECIPE, **SETTINGS[setting], **changes}
     if "first_order_steps" in values and values["first_order_steps"] is None:
         values["first_order_steps"] = values["iterations"] // 4
-    return FewShotConfig(first_order=ALGORITHMS[algorithm], seed=seed, **values)
+    return FewShotConfig(**ALGORITHMS[algorithm], seed=seed, **values)
 
 
 def run_path(runs_dir, setting: str, algorithm: str, seed: int, row: str | None = None) -> Path:
@@ -148,7 +154,8 @@ def summarize(results: list[dict]) -> dict:
         setting = next((s for s, v in SETTINGS.items() if all(c.get(k) == x for k, x in v.items())), None)
         if setting is None:
             continue
-        groups.setdefault((setting, "fomaml" if c["first_order"] else "maml"), {})[c["seed"]] = r["accuracy"]
+        name = ("fomaml" if c["first_order"] else "maml") + ("_zerohead" if c["zero_head"] else "")
+        groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
 
     def mean_sd(values):
         values = list(values)
@@ -157,10 +164,12 @@ def summarize(results: list[dict]) -> dict:
 
     summary = {f"{s} {a}": {**mean_sd(v.values()), "by_seed": v} for (s, a), v in sorted(groups.items())}
     for setting in SETTINGS:
-        maml, fomaml = groups.get((setting, "maml"), {}), groups.get((setting, "fomaml"), {})
-        paired = sorted(set(maml) & set(fomaml))
-        if paired:
-            summary[f"{setting} gap"] = {**mean_sd(maml[s] - fomaml[s] for s in paired), "paired_seeds": paired}
+        for a, b in PAIRS:
+            first, second = groups.get((setting, a), {}), groups.get((setting, b), {})
+            paired = sorted(set(first) & set(second))
+            if paired:
+                name = f"{setting} gap" if (a, b) == ("maml", "fomaml") else f"{setting} gap {a} − {b}"
+                summary[name] = {**mean_sd(first[s] - second[s] for s in paired), "paired_seeds": paired}
     return summary
 
 
@@ -212,23 +221,24 @@ def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
             if old is not None and old["config"]["iterations"] > config.iterations:
                 raise ValueError(f"settings: {config.name} ran {config.iterations} meta-steps, the shipped one "
                                  f"{old['config']['iterations']}: refusing to ship a shorter run")
-            new.append((path, config, result, algorithm == "maml"))
-    for path, config, result, with_weights in new:
+            new.append((path, config, result, setting, algorithm))
+    for path, config, result, setting, algorithm in new:
         row = {"name": config.name, "n_way": config.n_way, "k_shot": config.k_shot,
-               "algorithm": "FOMAML" if config.first_order else "MAML", "accuracy": result["accuracy"],
+               "algorithm": ("FOMAML" if config.first_order else "MAML") + (", zeroed head" if config.zero_head else ""),
+               "accuracy": result["accuracy"],
                "ci95": result["ci95"], "paper": PAPER.get((config.n_way, config.k_shot, config.first_order)),
                "chance": round(100 / config.n_way, 2), "test_tasks": result["test_tasks"],
                "test_steps": config.test_steps, "config": asdict(config), "train_seconds": result.get("train_seconds"),
                "budget": False, "source": f"omniglot_study run, seed {seed}",
-               "command": f"python -m mamlkit.experiments.omniglot_study run --settings {path.name.split('_')[0]} "
-                          f"--algorithms {path.name.split('_')[1]} --seeds {seed}",
+               "command": f"python -m mamlkit.experiments.omniglot_study run --settings {setting} "
+                          f"--algorithms {algorithm} --seeds {seed}",
                "trained_on": f"the minimal background sets without {', '.join(result['test_alphabets'])} "
                              f"(x 4 rotations)", "test_alphabets": result["test_alphabets"],
                "test_characters": result["test_characters"], "weights": None, "sha256": None}
         for key in ("lake_error", "lake_ci95", "lake_runs"):
             if key in result:
                 row[key] = result[key]
-        if with_weights:
+        if algorithm == "maml":  # the checkpoint load_pretrained returns
             out = export_weights(path, weights / f"{config.name}.pt")
             row["weights"], row["sha256"] = out.name, sha256(out)
         rows[config.name] = row
@@ -260,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS),
                            help="which settings (default all)")
-            p.add_argument("--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=sorted(ALGORITHMS),
-                           help="which algorithms (default both)")
+            p.add_argument("--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=["maml", "fomaml"],
+                           help="which algorithms (default maml fomaml; *_zerohead: the zeroing trick)")
         else:
             p.add_argument("--iterations", type=positive_int, default=4000,
                            help="meta-steps of every ablation row (default 4000)")
