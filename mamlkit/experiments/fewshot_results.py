@@ -184,8 +184,10 @@ def markdown_table(table: dict) -> str:
     h = table["hardware"]
     lines = ["| task | algorithm | accuracy % (95% CI, 600 tasks) | paper % | chance % | meta-steps | train time |",
              "| --- | --- | --- | --- | --- | --- | --- |"] + [markdown_row(r) for r in table["runs"]]
-    lines.append(f"\n`{table['command']}` on {h['processor']}, {h['cpu_count']} CPUs, torch {h['torch']}; "
-                 f"data: {table['data']['source']}")
+    studied = [r for r in table["runs"] if not r.get("budget", True)]
+    lines.append(f"\n{'budget rows: ' if studied else ''}`{table['command']}` on {h['processor']}, {h['cpu_count']} CPUs, "
+                 f"torch {h['torch']}; data: {table['data']['source']}"
+                 + ("; other rows: the command in their `command` field" if studied else ""))
     return "\n".join(lines)
 
 
