@@ -1,7 +1,7 @@
 """Beyond MAML on Omniglot: every algorithm with the same Conv4, data, augmentation and meta-step budget.
 
 A fair comparison changes one thing, the algorithm. Everything else is COMMON: the strided Conv4 (width
-32, so that 8 methods x 3 seeds fit a 2-core CPU), the same training characters and random affine
+32, so that 10 methods x 3 seeds fit a 2-core CPU), the same training characters and random affine
 augmentation, the held-out alphabets as test set (omniglot.TEST_ALPHABETS), Adam with a cosine β, the same
 meta-batch, query size and number of meta-steps per setting, and the same 600 seeded test tasks. Each
 method keeps the inner-loop settings its paper uses for Omniglot (scaled to the budget, and not tuned here:
@@ -17,6 +17,8 @@ the same zero tuning budget for every method):
     reptile    reptile                     θ ← θ + ε(θ̃ − θ): no query loss, no Hessian   0.1   5 / 10
     protonet   protonet                    no inner loop: nearest class prototype       —     —
     protomaml  protomaml                   MAML from a head built from the prototypes   0.1   1 / 3
+    maml_zerohead, fomaml_zerohead         the head is 0 and not meta-learned           0.4   1 / 3
+                                           (the zeroing trick, Kao et al. 2022)
 
 Each run is a resumable checkpoint `<runs-dir>/<setting>_<method>_s<seed>.pt`, evaluated once (20-way
 models also on Lake et al.'s within-alphabet test) by `omniglot_study.train_and_evaluate`. `cost` times
@@ -69,6 +71,9 @@ METHODS = {
     "reptile": dict(inner_lr=0.1, inner_steps=5, test_steps=10, algorithm="reptile"),
     "protonet": dict(inner_steps=0, test_steps=1, algorithm="protonet"),
     "protomaml": dict(inner_lr=0.1, inner_steps=1, test_steps=3, algorithm="protomaml"),
+    # the zeroing trick (Kao et al. 2022): the head is 0 at the start of every task and not meta-learned
+    "maml_zerohead": dict(inner_lr=0.4, inner_steps=1, test_steps=3, zero_head=True),
+    "fomaml_zerohead": dict(inner_lr=0.4, inner_steps=1, test_steps=3, first_order=True, zero_head=True),
 }
 # Published Omniglot accuracies (%, 5-way 1-shot, 20-way 1-shot), all on the full background set (1,200
 # characters, random character split) with each paper's own network size and budget, so they bound what
@@ -82,6 +87,8 @@ PUBLISHED = {
     "reptile": (95.39, 88.14, "Nichol et al. 2018, Table 1 (not transductive; transductive 97.68 / 89.43)"),
     "protonet": (98.8, 96.0, "Snell et al. 2017, Table 1 (trained with 60-way episodes)"),
     "protomaml": (None, None, "Triantafillou et al. 2020 (Meta-Dataset only)"),
+    "maml_zerohead": (None, None, "Kao et al. 2022 (mini-ImageNet only)"),
+    "fomaml_zerohead": (None, None, "Kao et al. 2022 (mini-ImageNet only)"),
 }
 
 
@@ -104,7 +111,8 @@ def method_of(config: dict) -> str | None:
     for name, changes in METHODS.items():
         if all(c.get(k) == v for k, v in changes.items()) and c["algorithm"] == changes.get("algorithm", "maml") \
                 and c["first_order"] == changes.get("first_order", False) \
-                and c["learn_inner_lr"] == changes.get("learn_inner_lr", False):
+                and c["learn_inner_lr"] == changes.get("learn_inner_lr", False) \
+                and c["zero_head"] == changes.get("zero_head", False):
             return name
     return None
 
