@@ -1,7 +1,7 @@
 """Beyond MAML on Omniglot: every algorithm with the same Conv4, data, augmentation and meta-step budget.
 
 A fair comparison changes one thing, the algorithm. Everything else is COMMON: the strided Conv4 (width
-32, so that 10 methods x 3 seeds fit a 2-core CPU), the same training characters and random affine
+32, so that 12 methods x 3 seeds fit a 2-core CPU), the same training characters and random affine
 augmentation, the held-out alphabets as test set (omniglot.TEST_ALPHABETS), Adam with a cosine β, the same
 meta-batch, query size and number of meta-steps per setting, and the same 600 seeded test tasks. Each
 method keeps the inner-loop settings its paper uses for Omniglot (scaled to the budget, and not tuned here:
@@ -19,6 +19,7 @@ the same zero tuning budget for every method):
     protomaml  protomaml                   MAML from a head built from the prototypes   0.1   1 / 3
     maml_zerohead, fomaml_zerohead         the head is 0 and not meta-learned           0.4   1 / 3
                                            (the zeroing trick, Kao et al. 2022)
+    maml_5steps, fomaml_5steps             five small inner steps (the paper's 20-way)  0.1   5 / 5
 
 Each run is a resumable checkpoint `<runs-dir>/<setting>_<method>_s<seed>.pt`, evaluated once (20-way
 models also on Lake et al.'s within-alphabet test) by `omniglot_study.train_and_evaluate`. `cost` times
@@ -74,6 +75,9 @@ METHODS = {
     # the zeroing trick (Kao et al. 2022): the head is 0 at the start of every task and not meta-learned
     "maml_zerohead": dict(inner_lr=0.4, inner_steps=1, test_steps=3, zero_head=True),
     "fomaml_zerohead": dict(inner_lr=0.4, inner_steps=1, test_steps=3, first_order=True, zero_head=True),
+    # the inner loop of the paper's 20-way runs, five small steps: FOMAML's error is O(α) per step (notebook 04)
+    "maml_5steps": dict(inner_lr=0.1, inner_steps=5, test_steps=5),
+    "fomaml_5steps": dict(inner_lr=0.1, inner_steps=5, test_steps=5, first_order=True),
 }
 # Published Omniglot accuracies (%, 5-way 1-shot, 20-way 1-shot), all on the full background set (1,200
 # characters, random character split) with each paper's own network size and budget, so they bound what
@@ -89,6 +93,8 @@ PUBLISHED = {
     "protomaml": (None, None, "Triantafillou et al. 2020 (Meta-Dataset only)"),
     "maml_zerohead": (None, None, "Kao et al. 2022 (mini-ImageNet only)"),
     "fomaml_zerohead": (None, None, "Kao et al. 2022 (mini-ImageNet only)"),
+    "maml_5steps": (None, 95.8, "Finn et al. 2017: their 20-way runs use 5 steps of α = 0.1"),
+    "fomaml_5steps": (None, 89.4, "Finn et al. 2017: their 20-way runs use 5 steps of α = 0.1"),
 }
 
 
