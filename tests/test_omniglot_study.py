@@ -117,3 +117,13 @@ def test_zeroed_head_runs_are_their_own_rows_with_paired_gaps():
     assert summary["20w1s fomaml_zerohead"]["mean"] == 83.5 and "20w1s fomaml" not in summary
     assert summary["20w1s gap maml − fomaml_zerohead"]["mean"] == 2.0
     assert study.config_for("20w1s", "fomaml_zerohead", 0).name == "omniglot_20way_1shot_fomaml_zerohead"
+
+
+def test_five_small_steps_variants_override_the_settings_inner_loop():
+    c = study.config_for("20w1s", "fomaml_5steps", 1)
+    assert (c.first_order, c.inner_steps, c.inner_lr, c.test_steps, c.n_way) == (True, 5, 0.1, 5, 20)
+    results = [fake_result("20w1s", "maml", 1, 85.0), fake_result("20w1s", "fomaml_5steps", 1, 81.0),
+               fake_result("20w1s", "fomaml", 1, 60.0)]
+    summary = study.summarize(results)
+    assert summary["20w1s fomaml_5steps"]["mean"] == 81.0 and summary["20w1s fomaml"]["mean"] == 60.0
+    assert summary["20w1s gap maml − fomaml_5steps"]["mean"] == 4.0

@@ -64,9 +64,14 @@ SETTINGS = {
 # starts every task at 0 and is not meta-learned. Second-order MAML learns a θ whose predictions before
 # adaptation are uniform (its support loss stays at ln N); FOMAML's meta-gradient lacks the term that
 # teaches this, and zeroing the head gives it for free.
+# The "_5steps" variants take the inner loop of the paper's 20-way runs (5 steps of α = 0.1, tested with 5):
+# the Hessian term FOMAML drops is proportional to α, so small steps make first order a closer approximation.
 ALGORITHMS = {"maml": {}, "fomaml": {"first_order": True}, "maml_zerohead": {"zero_head": True},
-              "fomaml_zerohead": {"first_order": True, "zero_head": True}}
-PAIRS = (("maml", "fomaml"), ("maml", "fomaml_zerohead"), ("maml_zerohead", "fomaml_zerohead"))  # paired gaps
+              "fomaml_zerohead": {"first_order": True, "zero_head": True},
+              "maml_5steps": {"inner_steps": 5, "inner_lr": 0.1, "test_steps": 5},
+              "fomaml_5steps": {"first_order": True, "inner_steps": 5, "inner_lr": 0.1, "test_steps": 5}}
+PAIRS = (("maml", "fomaml"), ("maml", "fomaml_zerohead"), ("maml_zerohead", "fomaml_zerohead"),
+         ("maml", "fomaml_5steps"), ("maml_5steps", "fomaml_5steps"))  # paired gaps
 # The ablation: 5-way 1-shot MAML, one change to the recipe per row (same seeds, same test tasks).
 ABLATION = {
     "plain (constant β, no augmentation)": dict(augment=False, meta_lr_schedule="constant"),
@@ -85,10 +90,10 @@ def config_for(setting: str, algorithm: str, seed: int, **changes) -> FewShotCon
         raise ValueError(f"setting: expected one of {sorted(SETTINGS)}, got {setting!r}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: expected one of {sorted(ALGORITHMS)}, got {algorithm!r}")
-    values = {**RECIPE, **SETTINGS[setting], **changes}
+    values = {**RECIPE, **SETTINGS[setting], **ALGORITHMS[algorithm], **changes}
     if "first_order_steps" in values and values["first_order_steps"] is None:
         values["first_order_steps"] = values["iterations"] // 4
-    return FewShotConfig(**ALGORITHMS[algorithm], seed=seed, **values)
+    return FewShotConfig(seed=seed, **values)
 
 
 def run_path(runs_dir, setting: str, algorithm: str, seed: int, row: str | None = None) -> Path:
@@ -154,8 +159,11 @@ def summarize(results: list[dict]) -> dict:
         setting = next((s for s, v in SETTINGS.items() if all(c.get(k) == x for k, x in v.items())), None)
         if setting is None:
             continue
-        name = ("fomaml" if c["first_order"] else "maml") + ("_zerohead" if c["zero_head"] else "")
-        groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
+        name = next((a for a, switches in ALGORITHMS.items()
+                     if all(c.get(k) == v for k, v in {"first_order": False, "zero_head": False, **switches}.items())
+                     and (c["inner_steps"] == 5) == ("5steps" in a)), None)
+        if name is not None:
+            groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
 
     def mean_sd(values):
         values = list(values)
