@@ -70,6 +70,7 @@ ALGORITHMS = {"maml": {}, "fomaml": {"first_order": True}, "maml_zerohead": {"ze
               "fomaml_zerohead": {"first_order": True, "zero_head": True},
               "maml_5steps": {"inner_steps": 5, "inner_lr": 0.1, "test_steps": 5},
               "fomaml_5steps": {"first_order": True, "inner_steps": 5, "inner_lr": 0.1, "test_steps": 5}}
+INNER_LOOP = ("inner_steps", "inner_lr", "test_steps")
 PAIRS = (("maml", "fomaml"), ("maml", "fomaml_zerohead"), ("maml_zerohead", "fomaml_zerohead"),
          ("maml", "fomaml_5steps"), ("maml_5steps", "fomaml_5steps"))  # paired gaps
 # The ablation: 5-way 1-shot MAML, one change to the recipe per row (same seeds, same test tasks).
@@ -156,7 +157,8 @@ def summarize(results: list[dict]) -> dict:
         if any(c.get(k) != v for k, v in RECIPE.items()) or c["first_order_steps"] or c["algorithm"] != "maml" \
                 or c["learn_inner_lr"]:
             continue  # an ablation row, not a study run
-        setting = next((s for s, v in SETTINGS.items() if all(c.get(k) == x for k, x in v.items())), None)
+        setting = next((s for s, v in SETTINGS.items()  # (the inner loop may be the algorithm's: *_5steps)
+                        if all(c.get(k) == x for k, x in v.items() if k not in INNER_LOOP)), None)
         if setting is None:
             continue
         name = next((a for a, switches in ALGORITHMS.items()
