@@ -154,7 +154,7 @@ def test_every_comparison_run_is_the_same_but_for_its_method(setting):
         assert {k: getattr(config, k) for k in shared} == {k: getattr(configs["maml"], k) for k in shared}
         assert compare.method_of(config.__dict__) == name  # a result file names its method unambiguously
         assert compare.setting_of(config.__dict__) == setting
-    assert len({c.variant for c in configs.values()}) == len(configs)
+    assert len({json.dumps(c.__dict__, sort_keys=True) for c in configs.values()}) == len(configs)  # all distinct
     assert configs["mamlpp"].first_order_steps > 0 and configs["mamlpp"].multi_step_loss_steps > 0
     with pytest.raises(ValueError, match="method"):
         compare.config_for(setting, "matching_net", 0)
