@@ -230,3 +230,14 @@ def test_adapt_refuses_algorithms_that_do_not_adapt_like_maml(algorithm):
     with pytest.raises(ValueError, match="classify"):
         classifier.adapt(sx[0], sy[0])
     assert classifier.classify(sx[0], sy[0], qx[0]).shape == (15,)  # its own loop
+
+
+@pytest.mark.skipif(not compare.SHIPPED_JSON.is_file(), reason="no shipped comparison")
+def test_shipped_comparison_is_complete_and_its_checkpoints_load():
+    record = compare.load_shipped()
+    for setting, rows in record["summary"].items():
+        for method in compare.METHODS:
+            assert len(rows[method]["seeds"]) >= compare.MIN_SEEDS, (setting, method)
+            classifier = compare.shipped_classifier(setting, method)  # sha256 checked
+            assert compare.method_of(classifier.config.__dict__) == method
+            assert (compare.SHIPPED_WEIGHTS / record["weights"][f"{setting} {method}"]["file"]).stat().st_size < 1_000_000
