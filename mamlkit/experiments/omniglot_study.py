@@ -161,10 +161,10 @@ def summarize(results: list[dict]) -> dict:
                         if all(c.get(k) == x for k, x in v.items() if k not in INNER_LOOP)), None)
         if setting is None:
             continue
-        name = next((a for a, switches in ALGORITHMS.items()
-                     if all(c.get(k) == v for k, v in {"first_order": False, "zero_head": False, **switches}.items())
-                     and (c["inner_steps"] == 5) == ("5steps" in a)), None)
-        if name is not None:
+        five = all(c[k] == v for k, v in ALGORITHMS["maml_5steps"].items())  # the paper's 20-way inner loop
+        name = ("fomaml" if c["first_order"] else "maml") + ("_zerohead" if c["zero_head"] else "") \
+            + ("_5steps" if five else "")
+        if name in ALGORITHMS:
             groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
 
     def mean_sd(values):
