@@ -1,6 +1,7 @@
 """Peak memory of one call: what a meta-step of each algorithm costs, measured the same way on a CPU or a GPU.
 
-Used by the benchmarks (`mamlkit.bench`) and the comparison of algorithms (`experiments/compare.py`).
+Used by the benchmarks (`mamlkit.bench`) and the comparison of algorithms (`experiments/compare.py`), as is
+`timing.time_interleaved`.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mamlkit.bench import problems as bench_setup
+from mamlkit import timing
 from mamlkit.bench import run as bench
 from mamlkit.bench.problems import (
     conv4_problem,
@@ -19,8 +19,8 @@ from mamlkit.bench.problems import (
     make_meta_step,
     peak_memory_mb,
     sinusoid_problem,
-    time_interleaved,
 )
+from mamlkit.timing import time_interleaved
 
 torch.set_num_threads(1)
 
@@ -136,7 +136,7 @@ def test_time_interleaved_and_errors(monkeypatch):
     # a 2 ms step is timed in blocks lasting >= 10 ms (5 back-to-back calls), a 12 ms one call at a time.
     # A fake clock that only the steps advance makes this exact on a busy machine too.
     clock = [0.0]
-    monkeypatch.setattr(bench_setup.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
 
     def step(name, seconds):
         def run():

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from ..maml import meta_loss
 from ..memory import peak_memory_mb
 from ..models.conv4 import make_conv4
 from ..speed import autocast_context, checkpointed_meta_loss
+from ..timing import synchronize
 from ..trainer import MetaConfig, MetaLearner, make_meta_optimizer
 from .baselines import autograd_meta_loss, higher_meta_backward
 
@@ -125,45 +125,6 @@ def make_meta_step(problem: Problem, method: str, *, inner_steps: int, first_ord
 # meters
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], reps: int, device="cpu",
-                     min_block_ms: float = 25.0, max_block: int = 50) -> dict[str, list[float]]:
-    """Time each function in `reps` rounds; return, per round, its mean wall time per call in ms.
-
-    Within a round each function runs a block of calls back to back, as a training loop runs its
-    meta-step; a step of a few milliseconds is timed over enough calls to last `min_block_ms` (at most
-    `max_block` calls), one of seconds over one call (the idea of torch.utils.benchmark's
-    blocked_autorange). Rounds go round-robin over the functions, not one function after another: on
-    a shared machine a burst of load from elsewhere then slows every method alike, and the ratios stay
-    meaningful.
-    """
-    if reps < 1:
-        raise ValueError(f"reps: expected at least 1 timed repetition, got {reps!r}")
-    if not min_block_ms >= 0:
-        raise ValueError(f"min_block_ms: expected a non-negative number of milliseconds, got {min_block_ms!r}")
-    if isinstance(max_block, bool) or not isinstance(max_block, int) or max_block < 1:
-        raise ValueError(f"max_block: expected a positive integer, got {max_block!r}")
-
-    def timed(fn, calls: int) -> float:  # mean ms per call over `calls` back-to-back calls
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        _sync(device)
-        return 1000 * (time.perf_counter() - start) / calls
-
-    block = {name: min(max_block, max(1, math.ceil(min_block_ms / max(timed(fn, 1), 1e-6)))) for name, fn in steps.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, fn in steps.items():
-            times[name].append(timed(fn, block[name]))
-    return times
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -184,10 +145,10 @@ def matmul_gflops(device="cpu", n: int = 1024, reps: int = 10) -> float:
     a @ b  # warm-up
     best = float("inf")
     for _ in range(reps):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 

@@ -35,6 +35,7 @@ import torch
 from ..cli import device_among, positive_int
 from ..maml import choose_batching
 from ..paths import RESULTS
+from ..timing import time_interleaved
 from .problems import (
     Problem,
     conv4_problem,
@@ -45,7 +46,6 @@ from .problems import (
     median,
     peak_memory_mb,
     sinusoid_problem,
-    time_interleaved,
     trainer_memory,
 )
 

@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -51,6 +50,7 @@ from ..checkpoint import atomic_write_text, sha256
 from ..cli import nonnegative_int, positive_int
 from ..memory import peak_memory_mb
 from ..paths import RESULTS, WEIGHTS
+from ..timing import time_interleaved
 from .fewshot import FewShotClassifier, FewShotConfig, export_weights, make_learner, saved_config
 from .omniglot_study import TEST_TASKS, run_path, train_and_evaluate
 
@@ -150,13 +150,8 @@ def measure_cost(setting: str, methods=tuple(METHODS), *, rounds: int = 10, seed
                                  meta_batch_size=config.meta_batch_size)
         batches[method] = sampler.sample(generator)
     peak = {m: peak_memory_mb(lambda m=m: learners[m].meta_step(*batches[m])) for m in methods}  # also a warm-up
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(rounds):
-        for m in methods:
-            start = time.perf_counter()
-            learners[m].meta_step(*batches[m])
-            times[m].append(time.perf_counter() - start)
-    return {m: {"ms_per_step": round(1000 * statistics.median(times[m]), 1), "peak_mib": round(peak[m], 1)}
+    times = time_interleaved({m: lambda m=m: learners[m].meta_step(*batches[m]) for m in methods}, reps=rounds)
+    return {m: {"ms_per_step": round(statistics.median(times[m]), 1), "peak_mib": round(peak[m], 1)}
             for m in methods}
 
 
