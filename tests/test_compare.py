@@ -163,7 +163,8 @@ def test_every_comparison_run_is_the_same_but_for_its_method(setting):
 def test_summary_is_mean_and_sd_over_seeds_with_the_lake_error():
     results = []
     for seed, (acc, lake) in enumerate([(80.0, 30.0), (82.0, 26.0), (84.0, 28.0)]):
-        results.append({"config": compare.config_for("20w1s", "anil", seed).__dict__, "accuracy": acc, "lake_error": lake})
+        results.append({"config": compare.config_for("20w1s", "anil", seed).__dict__, "accuracy": acc, "lake_error": lake,
+                        "train_seconds": 60.0 * (seed + 1)})
     results.append({"config": compare.config_for("5w1s", "maml", 0, iterations=7).__dict__, "accuracy": 99.0})  # not ours
     summary = compare.summarize(results)
     assert list(summary) == ["20w1s"]
@@ -172,6 +173,9 @@ def test_summary_is_mean_and_sd_over_seeds_with_the_lake_error():
     table = compare.markdown(summary, {"20w1s": {"anil": {"ms_per_step": 12.5, "peak_mib": 3.0}}})
     row = next(line for line in table.splitlines() if line.startswith("| anil"))
     assert "82.00 ± 2.00" in row and "28.0 ± 2.0" in row and "12.5" in row and "96.2" in row and "Raghu" in row
+    assert entry["train_minutes"] == 2.0 and "| — ; 2.0 |".replace(" ;", ";") in row  # 5-way not run: no minutes
+    results[0].pop("train_seconds")  # one run from before the wall time was recorded: no mean over the rest
+    assert "train_minutes" not in compare.summarize(results)["20w1s"]["anil"]
 
 
 def test_cost_measures_every_method_it_is_given():

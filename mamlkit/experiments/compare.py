@@ -164,7 +164,8 @@ def collect(runs_dir=RUNS_DIR) -> list[dict]:
 
 
 def summarize(results: list[dict]) -> dict:
-    """{setting: {method: {"mean", "sd", "seeds", "lake_error" (20-way), ...}}} over the finished runs."""
+    """{setting: {method: {"mean", "sd", "seeds", "lake_error" (20-way), "train_minutes" (mean wall time of
+    one run, where every run recorded it), ...}}} over the finished runs."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         setting, method = setting_of(r["config"]), method_of(r["config"])
@@ -176,6 +177,9 @@ def summarize(results: list[dict]) -> dict:
         entry = {"mean": round(statistics.fmean(acc), 2), "sd": round(statistics.stdev(acc), 2) if len(acc) > 1 else None,
                  "seeds": sorted(r["config"]["seed"] for r in runs), "iterations": runs[0]["config"]["iterations"],
                  "by_seed": {str(r["config"]["seed"]): r["accuracy"] for r in runs}}
+        seconds = [r.get("train_seconds") for r in runs]
+        if None not in seconds:  # runs that predate the recorded wall time leave the cell empty
+            entry["train_minutes"] = round(statistics.fmean(seconds) / 60, 1)
         lake = [r["lake_error"] for r in runs if "lake_error" in r]
         if lake:
             entry["lake_error"] = round(statistics.fmean(lake), 1)
@@ -195,19 +199,21 @@ def markdown(summary: dict, cost: dict | None = None) -> str:
     """One row per method: accuracy per setting (mean ± sd over seeds), Lake error, cost, published numbers."""
     cost = cost or {}
     lines = ["| method | 5-way 1-shot % | 20-way 1-shot % | Lake 20-way within-alphabet error % | ms / meta-step "
-             "(5-way; 20-way) | peak MiB (5-way; 20-way) | seeds | published 5w1s / 20w1s % (source) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "(5-way; 20-way) | peak MiB (5-way; 20-way) | minutes / run (5-way; 20-way) | seeds "
+             "| published 5w1s / 20w1s % (source) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method in METHODS:
         five, twenty = summary.get("5w1s", {}).get(method), summary.get("20w1s", {}).get(method)
         if five is None and twenty is None:
             continue
         ms = "; ".join(str(cost.get(s, {}).get(method, {}).get("ms_per_step", "—")) for s in SETTINGS)
         mib = "; ".join(str(cost.get(s, {}).get(method, {}).get("peak_mib", "—")) for s in SETTINGS)
+        minutes = "; ".join(str(e.get("train_minutes", "—")) if e else "—" for e in (five, twenty))
         seeds = "; ".join(str(len(e["seeds"])) if e else "0" for e in (five, twenty))
         a, b, source = PUBLISHED[method]
         published = f"{a if a is not None else '—'} / {b if b is not None else '—'} ({source})"
         lines.append(f"| {method} | {_cell(five)} | {_cell(twenty)} | {_cell(twenty, 'lake_error', 'lake_sd', 1)} "
-                     f"| {ms} | {mib} | {seeds} | {published} |")
+                     f"| {ms} | {mib} | {minutes} | {seeds} | {published} |")
     return "\n".join(lines)
 
 
