@@ -4,6 +4,7 @@ A bad value must end the command with argparse's error (exit status 2, the optio
 before anything is loaded, trained or written; unknown flags and abbreviations of real ones too.
 """
 import argparse
+import json
 import math
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from mamlkit import cli
 from mamlkit.bench import run as bench_run
 from mamlkit.bench import widgets as bench_widgets
+from mamlkit.checkpoint import sha256
 from mamlkit.course import exercises
 from mamlkit.experiments import fewshot_cli, lake, reproduce_sinusoid
 
@@ -176,3 +178,18 @@ def test_the_helpers(monkeypatch):
     with pytest.raises(argparse.ArgumentTypeError, match="1 CUDA device"):
         cli.device("cuda:1")
     assert math.isfinite(cli.positive_float("1e300"))
+
+
+def test_reproduce_sinusoid_writes_into_the_run_dir_and_ships_only_when_asked(tmp_path, capsys):
+    shipped = {p: sha256(p) for p in (reproduce_sinusoid.SHIPPED_RESULTS, *reproduce_sinusoid.SHIPPED_WEIGHTS.glob("sinusoid_k*.pt"))}
+    assert len(shipped) == 3  # the results and K = 5, 10
+    reproduce_sinusoid.main(["--k-shot", "5", "--iterations", "2", "--run-dir", str(tmp_path), "--no-progress"])
+    report = json.loads((tmp_path / "sinusoid.json").read_text())
+    assert [r["k_shot"] for r in report["rows"]] == [5] and report["rows"][0]["iterations"] == 2
+    assert report["rows"][0]["sha256"] == sha256(tmp_path / "sinusoid_k5.pt") and "--ship" not in report["command"]
+    assert {p: sha256(p) for p in shipped} == shipped  # a quick look never touches the shipped files
+    # --ship with fewer meta-iterations than shipped: refused before any training or write
+    with pytest.raises(SystemExit) as e:
+        reproduce_sinusoid.main(["--k-shot", "5", "--iterations", "3", "--run-dir", str(tmp_path / "ship"), "--ship"])
+    assert "--iterations" in str(e.value) and "70,000" in str(e.value)
+    assert not (tmp_path / "ship").exists() and {p: sha256(p) for p in shipped} == shipped

@@ -2,6 +2,7 @@
 
     python -m mamlkit.experiments.reproduce_sinusoid                      # K=5 and K=10, 70,000 meta-iterations each
     python -m mamlkit.experiments.reproduce_sinusoid --iterations 2000    # a quick look: 2,000 of the 70,000 meta-iterations
+    python -m mamlkit.experiments.reproduce_sinusoid --ship               # the paper's scale, into the package
 
 Configuration, as the paper: MLP 1-40-40-1 (ReLU), MSE, one inner step with α = 0.01, Adam with β = 1e-3,
 meta-batch 25 tasks, K support and K query points per task, 70,000 meta-iterations. The "pretrained"
@@ -11,9 +12,11 @@ judged on 100 query points, MSE after 1, 5 and 10 steps, with 95% confidence int
 whose fine-tuning diverges (loss non-finite or over 10x the mean loss without fine-tuning) is counted
 and shown in the table, and left out of that column's mean.
 
-Writes, per K: the trained weights (`--weights-dir`, default mamlkit/weights/sinusoid_k{K}.pt, small)
-and the results (mamlkit/results/sinusoid.json + a markdown table on stdout). Training checkpoints go
-to `--run-dir` (default runs/sinusoid) every 5,000 steps: an interrupted run resumes where it stopped.
+Everything goes into `--run-dir` (default runs/sinusoid): resumable training checkpoints every 5,000
+steps (an interrupted run resumes where it stopped), the trained weights per K (sinusoid_k{K}.pt) and
+the results (sinusoid.json, and a markdown table on stdout). Only `--ship` writes them into the package
+instead (mamlkit/weights/, mamlkit/results/sinusoid.json, which `pretrained.load_sinusoid` reads), and it
+is refused, before any training, for fewer meta-iterations than a shipped row of the same K records.
 """
 from __future__ import annotations
 
@@ -41,6 +44,20 @@ PAPER = {
     5: {"maml": [0.67, 0.38, 0.35], "pretrained": [2.41, 2.23, 2.19]},
 }
 EVAL_STEPS = [1, 5, 10]
+SHIPPED_WEIGHTS = PACKAGE / "weights"
+SHIPPED_RESULTS = PACKAGE / "results" / "sinusoid.json"
+
+
+def refuse_shorter_than_shipped(k_shots, iterations: int, results=SHIPPED_RESULTS) -> None:
+    """ValueError (naming --iterations) if a shipped row of one of `k_shots` was trained for longer: --ship
+    must never replace the paper-scale weights with a quick look."""
+    if not Path(results).is_file():
+        return
+    shipped = {r["k_shot"]: r["iterations"] for r in json.loads(Path(results).read_text())["rows"]}
+    shorter = [f"K={k} ships {shipped[k]:,}" for k in k_shots if k in shipped and iterations < shipped[k]]
+    if shorter:
+        raise ValueError(f"--iterations: refusing to ship {iterations:,} meta-iterations over longer runs "
+                         f"({', '.join(shorter)}); rerun with at least as many, or leave out --ship")
 
 
 def run_one(k_shot: int, iterations: int, seed: int, run_dir: Path, weights_dir: Path, progress: bool,
@@ -110,11 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta-batch-size", type=positive_int, default=25,
                    help="tasks per meta-step (default 25, the paper's); under torchrun a multiple of the processes")
     p.add_argument("--run-dir", type=Path, default=Path("runs/sinusoid"),
-                   help="resumable training checkpoints (default runs/sinusoid)")
-    p.add_argument("--weights-dir", type=Path, default=PACKAGE / "weights",
-                   help="where the trained weights go (default mamlkit/weights/)")
-    p.add_argument("--results", type=Path, default=PACKAGE / "results" / "sinusoid.json",
-                   help="the results JSON (default mamlkit/results/sinusoid.json)")
+                   help="resumable training checkpoints, and the weights and results unless --ship "
+                        "(default runs/sinusoid)")
+    p.add_argument("--ship", action="store_true",
+                   help="write the weights and results into the package (mamlkit/weights/, mamlkit/results/"
+                        "sinusoid.json) instead of --run-dir; refused for fewer --iterations than shipped (default: off)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: a 40-unit MLP is too small to gain from more, and extra "
                         "threads slow it down badly on a busy machine)")
@@ -130,22 +147,33 @@ def main(argv=None) -> None:
         distributed.local_batch_size(args.meta_batch_size)  # a meta-batch the ranks cannot share: refused up front
     except ValueError as e:
         raise SystemExit(f"python -m mamlkit.experiments.reproduce_sinusoid: error: {e}") from e
+    weights_dir, results = (SHIPPED_WEIGHTS, SHIPPED_RESULTS) if args.ship else (args.run_dir, args.run_dir / "sinusoid.json")
+    if args.ship:
+        try:
+            refuse_shorter_than_shipped(args.k_shot, args.iterations)
+        except ValueError as e:
+            raise SystemExit(f"python -m mamlkit.experiments.reproduce_sinusoid: error: {e}") from e
     t0 = time.perf_counter()
-    rows = [run_one(k, args.iterations, args.seed, args.run_dir, args.weights_dir, not args.no_progress,
+    rows = [run_one(k, args.iterations, args.seed, args.run_dir, weights_dir, not args.no_progress,
                     args.meta_batch_size) for k in args.k_shot]
     wall = time.perf_counter() - t0
     if distributed.rank() != 0:
         return
     report = {
         "command": "python -m mamlkit.experiments.reproduce_sinusoid" + ("" if args.iterations == 70_000 else f" --iterations {args.iterations}")
-        + ("" if args.meta_batch_size == 25 else f" --meta-batch-size {args.meta_batch_size}"),
+        + ("" if args.meta_batch_size == 25 else f" --meta-batch-size {args.meta_batch_size}")
+        + (" --ship" if args.ship else ""),
         "processes": distributed.world_size(),
         "wall_seconds": round(wall, 1),
         "hardware": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "torch": torch.__version__,
         "rows": rows,
     }
-    atomic_write_text(json.dumps(report, indent=1) + "\n", args.results)
+    if args.ship and SHIPPED_RESULTS.is_file():  # the shipped rows of the K values not rerun are kept
+        kept = [r for r in json.loads(SHIPPED_RESULTS.read_text())["rows"] if r["k_shot"] not in args.k_shot]
+        report["rows"] = sorted(kept + rows, key=lambda r: r["k_shot"])
+    atomic_write_text(json.dumps(report, indent=1) + "\n", results)
+    print(f"wrote {results} and the weights under {weights_dir}")
     print(markdown(rows))
     print(f"\nwall time {wall / 60:.1f} min on {report['hardware']}, torch {torch.__version__}")
 
