@@ -293,6 +293,12 @@ def test_command_line_train_then_evaluate(tmp_path, monkeypatch, capsys):
     clf = FewShotClassifier.from_checkpoint(path)
     mean, ci = evaluate_fewshot(clf, test_set.images, n_way=3, k_shot=1, tasks=5, seed=3)
     assert f"{100 * mean:.1f} ± {100 * ci:.1f} %" in printed
+    assert "of prototypes" in printed and "Finn" not in printed  # the data named; no paper number beside it
+    real = OmniglotData(images, names, "Omniglot (a stand-in for this test)")
+    monkeypatch.setattr(fewshot, "omniglot_split", lambda path=None, **kwargs: (real, train_set, test_set))
+    monkeypatch.setattr(fewshot_cli, "PAPER", {(3, 1, False): (50.0, 1.0)})  # as if the paper had a 3-way row
+    fewshot_cli.main(["evaluate", str(path), "--tasks", "5", "--seed", "3"])
+    assert "Finn et al. 2017, full background set: 50.0 ± 1.0 %" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="another configuration"):  # a clear message instead of a traceback
         fewshot_cli.main(["train", "--n-way", "3", "--iterations", "4", "--out", str(path), "--width", "16"])
 

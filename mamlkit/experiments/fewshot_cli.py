@@ -156,14 +156,18 @@ def _run_command(args, argv) -> None:
         distributed.init()  # under torchrun: the test tasks are shared out among the ranks
         classifier = FewShotClassifier.from_checkpoint(args.path)
         c = classifier.config
-        _, _, test_set = fewshot.omniglot_split(args.data, split=c.split)
+        data, _, test_set = fewshot.omniglot_split(args.data, split=c.split)
         steps = c.test_steps if args.steps is None else args.steps
         accuracy, ci95 = evaluate_fewshot(classifier, test_set.images, n_way=c.n_way, k_shot=c.k_shot,
                                           tasks=args.tasks, steps=steps, seed=args.seed)
-        paper = PAPER.get((c.n_way, c.k_shot, c.first_order))
+        # the paper's number only beside the paper's method on the paper's data: never beside the procedural
+        # glyphs, nor beside another algorithm's checkpoint
+        real = data.source.startswith("Omniglot")
+        paper = PAPER.get((c.n_way, c.k_shot, c.first_order)) if real and c.variant in ("maml", "fomaml") else None
         if distributed.rank() == 0:
-            print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks after {steps} "
-                  f"inner steps (chance {100 / c.n_way:.0f} %; paper " + (f"{paper[0]} ± {paper[1]} %)" if paper else "—)"))
+            print(f"{c.name}: {100 * accuracy:.1f} ± {100 * ci95:.1f} % over {args.tasks} test tasks of {data.source} "
+                  f"after {steps} inner steps (chance {100 / c.n_way:.0f} %"
+                  + (f"; Finn et al. 2017, full background set: {paper[0]} ± {paper[1]} %)" if paper else ")"))
     elif args.command == "bf16":
         from . import fewshot_results
 
