@@ -127,3 +127,14 @@ def test_five_small_steps_variants_override_the_settings_inner_loop():
     summary = study.summarize(results)
     assert summary["20w1s fomaml_5steps"]["mean"] == 81.0 and summary["20w1s fomaml"]["mean"] == 60.0
     assert summary["20w1s gap maml − fomaml_5steps"]["mean"] == 4.0
+
+
+def test_prototypical_network_runs_are_their_own_row_and_other_algorithms_are_left_out():
+    c = study.config_for("20w1s", "protonet", 0)
+    assert (c.algorithm, c.inner_steps, c.width, c.iterations) == ("protonet", 0, 64, 4000)
+    anil = fake_result("20w1s", "maml", 0, 70.0)
+    anil["config"]["algorithm"] = "anil"  # not a study algorithm: left out
+    results = [fake_result("20w1s", "maml", 0, 85.0), fake_result("20w1s", "protonet", 0, 91.0), anil]
+    summary = study.summarize(results)
+    assert summary["20w1s protonet"]["mean"] == 91.0 and summary["20w1s maml"]["mean"] == 85.0
+    assert len([k for k in summary if not k.startswith("20w1s gap")]) == 2

@@ -66,10 +66,14 @@ SETTINGS = {
 # teaches this, and zeroing the head gives it for free.
 # The "_5steps" variants take the inner loop of the paper's 20-way runs (5 steps of α = 0.1, tested with 5):
 # the Hessian term FOMAML drops is proportional to α, so small steps make first order a closer approximation.
+# "protonet" is the study's recipe and budget for prototypical networks, the comparison's (compare.py)
+# strongest method on Lake et al.'s new-alphabet test.
 ALGORITHMS = {"maml": {}, "fomaml": {"first_order": True}, "maml_zerohead": {"zero_head": True},
               "fomaml_zerohead": {"first_order": True, "zero_head": True},
               "maml_5steps": {"inner_steps": 5, "inner_lr": 0.1, "test_steps": 5},
-              "fomaml_5steps": {"first_order": True, "inner_steps": 5, "inner_lr": 0.1, "test_steps": 5}}
+              "fomaml_5steps": {"first_order": True, "inner_steps": 5, "inner_lr": 0.1, "test_steps": 5},
+              # the metric-based baseline (Snell et al. 2017; notebook 07): no inner loop, nearest class prototype
+              "protonet": {"algorithm": "protonet", "inner_steps": 0, "test_steps": 1}}
 INNER_LOOP = ("inner_steps", "inner_lr", "test_steps")
 PAIRS = (("maml", "fomaml"), ("maml", "fomaml_zerohead"), ("maml_zerohead", "fomaml_zerohead"),
          ("maml", "fomaml_5steps"), ("maml_5steps", "fomaml_5steps"))  # paired gaps
@@ -154,9 +158,9 @@ def summarize(results: list[dict]) -> dict:
     groups: dict[tuple, dict[int, float]] = {}
     for r in results:
         c = saved_config(r["config"])
-        if any(c.get(k) != v for k, v in RECIPE.items()) or c["first_order_steps"] or c["algorithm"] != "maml" \
-                or c["learn_inner_lr"]:
-            continue  # an ablation row, not a study run
+        if any(c.get(k) != v for k, v in RECIPE.items()) or c["first_order_steps"] \
+                or c["algorithm"] not in ("maml", "protonet") or c["learn_inner_lr"]:
+            continue  # an ablation row (or a run of another algorithm), not a study run
         setting = next((s for s, v in SETTINGS.items()  # (the inner loop may be the algorithm's: *_5steps)
                         if all(c.get(k) == x for k, x in v.items() if k not in INNER_LOOP)), None)
         if setting is None:
@@ -164,6 +168,8 @@ def summarize(results: list[dict]) -> dict:
         five = all(c[k] == v for k, v in ALGORITHMS["maml_5steps"].items())  # the paper's 20-way inner loop
         name = ("fomaml" if c["first_order"] else "maml") + ("_zerohead" if c["zero_head"] else "") \
             + ("_5steps" if five else "")
+        if c["algorithm"] == "protonet":
+            name = "protonet"
         if name in ALGORITHMS:
             groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
 
