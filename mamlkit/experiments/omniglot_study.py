@@ -63,13 +63,14 @@ SETTINGS = {
 # name -> FewShotConfig switches. The "_zerohead" variants use the zeroing trick (Kao et al. 2022): the head
 # starts every task at 0 and is not meta-learned. Second-order MAML learns a θ whose predictions before
 # adaptation are uniform (its support loss stays at ln N); FOMAML's meta-gradient lacks the term that
-# teaches this, and zeroing the head gives it for free.
+# teaches this, and zeroing the head gives it for free. They are tested with the one inner step they were
+# trained with: meta-training calibrates that step from a head of 0, and further steps overshoot (compare.py).
 # The "_5steps" variants take the inner loop of the paper's 20-way runs (5 steps of α = 0.1, tested with 5):
 # the Hessian term FOMAML drops is proportional to α, so small steps make first order a closer approximation.
 # "protonet" is the study's recipe and budget for prototypical networks, the comparison's (compare.py)
 # strongest method on Lake et al.'s new-alphabet test.
-ALGORITHMS = {"maml": {}, "fomaml": {"first_order": True}, "maml_zerohead": {"zero_head": True},
-              "fomaml_zerohead": {"first_order": True, "zero_head": True},
+ALGORITHMS = {"maml": {}, "fomaml": {"first_order": True}, "maml_zerohead": {"zero_head": True, "test_steps": 1},
+              "fomaml_zerohead": {"first_order": True, "zero_head": True, "test_steps": 1},
               "maml_5steps": {"inner_steps": 5, "inner_lr": 0.1, "test_steps": 5},
               "fomaml_5steps": {"first_order": True, "inner_steps": 5, "inner_lr": 0.1, "test_steps": 5},
               # the metric-based baseline (Snell et al. 2017; notebook 07): no inner loop, nearest class prototype
