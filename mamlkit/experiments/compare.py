@@ -10,7 +10,7 @@ the same zero tuning budget for every method):
     method     algorithm (algorithms/)     what it changes                              α     steps train/test
     maml       maml                        —                                            0.4   1 / 3
     fomaml     maml, first_order           no Hessian term in the meta-gradient         0.4   1 / 3
-    metasgd    maml, learn_inner_lr        a learned α per parameter entry              0.4   1 / 3
+    metasgd    maml, learn_inner_lr        a learned α per parameter entry              0.4   1 / 1
     anil       anil                        only the head is adapted                     0.4   1 / 3
     mamlpp     mamlpp                      learned α per layer and step, multi-step     0.1   3 / 3
                                            loss, per-step BatchNorm, first-order start
@@ -66,7 +66,8 @@ SETTINGS = {
 METHODS = {
     "maml": dict(inner_lr=0.4, inner_steps=1, test_steps=3),
     "fomaml": dict(inner_lr=0.4, inner_steps=1, test_steps=3, first_order=True),
-    "metasgd": dict(inner_lr=0.4, inner_steps=1, test_steps=3, learn_inner_lr=True),
+    # Li et al. 2017 adapt with one step of the learned α at training and test time: α is calibrated for it
+    "metasgd": dict(inner_lr=0.4, inner_steps=1, test_steps=1, learn_inner_lr=True),
     "anil": dict(inner_lr=0.4, inner_steps=1, test_steps=3, algorithm="anil"),
     "mamlpp": dict(inner_lr=0.1, inner_steps=3, test_steps=3, algorithm="mamlpp"),
     "reptile": dict(inner_lr=0.1, inner_steps=5, test_steps=10, algorithm="reptile"),
