@@ -75,8 +75,7 @@ METHODS = {
     "protomaml": dict(inner_lr=0.1, inner_steps=1, test_steps=3, algorithm="protomaml"),
     # the zeroing trick (Kao et al. 2022): the head is 0 at the start of every task and not meta-learned. Tested
     # with the one step it was trained with: meta-training calibrates that step from a head of 0, and MAML's
-    # 3 test steps overshoot (first measured that way: 20-way MAML 70.6 % after 1 step, 20.4 % after 3, on
-    # 100 test tasks; `python -m mamlkit.fewshot evaluate <checkpoint> --steps 3` shows it on any of them)
+    # 3 test steps overshoot (`python -m mamlkit.fewshot evaluate <checkpoint> --steps 3` shows it)
     "maml_zerohead": dict(inner_lr=0.4, inner_steps=1, test_steps=1, zero_head=True),
     "fomaml_zerohead": dict(inner_lr=0.4, inner_steps=1, test_steps=1, first_order=True, zero_head=True),
     # the inner loop of the paper's 20-way runs, five small steps: FOMAML's error is O(α) per step (notebook 04)
