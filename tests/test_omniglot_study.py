@@ -138,3 +138,32 @@ def test_prototypical_network_runs_are_their_own_row_and_other_algorithms_are_le
     summary = study.summarize(results)
     assert summary["20w1s protonet"]["mean"] == 91.0 and summary["20w1s maml"]["mean"] == 85.0
     assert len([k for k in summary if not k.startswith("20w1s gap")]) == 2
+
+
+def test_record_copies_results_and_refuses_to_replace_a_different_one(tmp_path):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    (runs / "ablation").mkdir(parents=True)
+    maml = {**fake_result("20w1s", "maml", 0, 85.0), "lake_error": 22.5, "train_seconds": 600.0}
+    row = fake_result("5w1s", "maml", 1, 90.0, row="+ cosine β", augment=False)
+    (runs / "20w1s_maml_s0.pt.result.json").write_text(json.dumps(maml))
+    (runs / "ablation" / "cosine_s1.pt.result.json").write_text(json.dumps(row))
+    written = study.record(runs, records)
+    assert sorted(p.name for p in written) == ["20w1s_maml_s0.json", "ablation_cosine_s1.json"]
+    assert study.record(runs, records) == []  # the same results again: nothing to write
+    assert sorted(map(json.dumps, study.collect(records, "*.json"))) == sorted(map(json.dumps, [maml, row]))
+    summary = study.summarize(study.collect(records, "*.json"))
+    assert summary["20w1s maml"]["lake"]["mean"] == 22.5 and summary["20w1s maml"]["minutes"] == 10.0
+    assert "| 20w1s maml | 85.00 (one seed: no spread, no conclusion) | 22.5 | 4,000 | 10 | 1 |" in study.markdown(summary)
+    before = (records / "20w1s_maml_s0.json").read_text()
+    (runs / "20w1s_maml_s0.pt.result.json").write_text(json.dumps({**maml, "accuracy": 84.0}))
+    (runs / "5w1s_maml_s2.pt.result.json").write_text(json.dumps(fake_result("5w1s", "maml", 2, 96.0)))
+    with pytest.raises(ValueError, match="differs from the record"):
+        study.record(runs, records)
+    assert (records / "20w1s_maml_s0.json").read_text() == before and not (records / "5w1s_maml_s2.json").exists()
+
+
+def test_the_shipped_records_make_the_table():
+    results = study.collect(study.RECORDS, "*.json")
+    assert {r["checkpoint"] for r in results} >= {"5w1s_maml_s0.pt", "20w1s_maml_s0.pt"}
+    summary = study.summarize(results)
+    assert summary["5w1s maml"]["by_seed"][0] == 96.06 and summary["20w1s maml"]["lake"]["mean"] == 22.5

@@ -17,7 +17,13 @@ mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap pai
     python -m mamlkit.experiments.omniglot_study run --settings 5w1s --algorithms maml fomaml --seeds 0 1 2
     python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2
     python -m mamlkit.experiments.omniglot_study table
+    python -m mamlkit.experiments.omniglot_study record                       # results -> mamlkit/results/
+    python -m mamlkit.experiments.omniglot_study table --records              # the table from those records
     python -m mamlkit.experiments.omniglot_study ship --settings 5w1s 20w1s   # seed 0's MAML -> load_pretrained
+
+`record` copies every finished run's result (not its checkpoint) into mamlkit/results/omniglot_study/, so
+the README's tables can be re-made from a fresh clone with `table --records`; it refuses to replace a
+record by a different result of the same name.
 
 `ship` replaces the shipped checkpoint of each setting (mamlkit/weights/, what `load_pretrained` returns) by
 the study's MAML run of `--seed`, and that setting's MAML and FOMAML rows of the shipped table by the
@@ -49,6 +55,7 @@ from .fewshot import (
 )
 
 RUNS_DIR = Path("runs/omniglot")
+RECORDS = Path(__file__).resolve().parents[1] / "results" / "omniglot_study"  # shipped copies of the results
 RECIPE = dict(width=64, downsample="stride", augment=True, meta_lr_schedule="cosine", split="alphabets")
 # Per setting: the paper's α and test steps for 5-way; 20-way trained with one inner step of α = 0.4 (a
 # second-order step keeps every inner step's graph, so 5 steps cost several times more per meta-step)
@@ -149,14 +156,38 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
     return result
 
 
-def collect(runs_dir=RUNS_DIR) -> list[dict]:
-    """Every finished run's result under runs_dir (study runs and ablation rows)."""
-    return [json.loads(f.read_text()) for f in sorted(Path(runs_dir).rglob("*.pt.result.json"))]
+def collect(runs_dir=RUNS_DIR, pattern: str = "*.pt.result.json") -> list[dict]:
+    """Every finished run's result under runs_dir (study runs and ablation rows; records: pattern "*.json")."""
+    return [json.loads(f.read_text()) for f in sorted(Path(runs_dir).rglob(pattern))]
+
+
+def record(runs_dir=RUNS_DIR, records=RECORDS) -> list[Path]:
+    """Copy every finished result under runs_dir into `records` (one JSON per run); return the files written.
+
+    Refused (ValueError, before anything is written) where a record of the same name holds another result."""
+    todo = []
+    for f in sorted(Path(runs_dir).rglob("*.pt.result.json")):
+        name = f.relative_to(runs_dir).as_posix().removesuffix(".pt.result.json").replace("/", "_") + ".json"
+        result, out = json.loads(f.read_text()), Path(records) / name
+        if out.is_file():
+            old = json.loads(out.read_text())
+            if (saved_config(old["config"]), old["accuracy"]) != (saved_config(result["config"]), result["accuracy"]):
+                raise ValueError(f"runs_dir: {f} differs from the record {out} (another configuration or result); "
+                                 f"remove the record first if the new run is meant to replace it")
+            continue
+        todo.append((result, out))
+    for result, out in todo:
+        atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", out)
+    return [out for _, out in todo]
 
 
 def summarize(results: list[dict]) -> dict:
-    """Mean ± sd over seeds per (setting, algorithm), and the MAML − FOMAML gap paired by seed."""
+    """Mean ± sd over seeds per (setting, algorithm), and the MAML − FOMAML gap paired by seed.
+
+    Each row also carries the meta-steps, the mean training minutes of the runs that recorded them and, for
+    20-way runs, the mean ± sd of Lake et al.'s within-alphabet error."""
     groups: dict[tuple, dict[int, float]] = {}
+    extra: dict[tuple, dict[str, list]] = {}
     for r in results:
         c = saved_config(r["config"])
         if any(c.get(k) != v for k, v in RECIPE.items()) or c["first_order_steps"] \
@@ -173,13 +204,24 @@ def summarize(results: list[dict]) -> dict:
             name = "protonet"
         if name in ALGORITHMS:
             groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
+            more = extra.setdefault((setting, name), {"iterations": set(), "minutes": [], "lake": []})
+            more["iterations"].add(c["iterations"])
+            if r.get("train_seconds") is not None and not r.get("train_seconds_from_step"):
+                more["minutes"].append(r["train_seconds"] / 60)
+            if r.get("lake_error") is not None:
+                more["lake"].append(r["lake_error"])
 
     def mean_sd(values):
         values = list(values)
         return {"mean": round(statistics.fmean(values), 2), "sd": round(statistics.stdev(values), 2) if len(values) > 1
                 else None, "seeds": len(values)}
 
-    summary = {f"{s} {a}": {**mean_sd(v.values()), "by_seed": v} for (s, a), v in sorted(groups.items())}
+    summary = {}
+    for (s, a), v in sorted(groups.items(), key=lambda item: (list(SETTINGS).index(item[0][0]), item[0][1])):
+        more = extra[(s, a)]
+        summary[f"{s} {a}"] = {**mean_sd(v.values()), "by_seed": v, "iterations": sorted(more["iterations"]),
+                               "minutes": round(statistics.fmean(more["minutes"]), 1) if more["minutes"] else None,
+                               "lake": mean_sd(more["lake"]) if more["lake"] else None}
     for setting in SETTINGS:
         for a, b in PAIRS:
             first, second = groups.get((setting, a), {}), groups.get((setting, b), {})
@@ -207,11 +249,22 @@ def ablation_table(results: list[dict]) -> str:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| setting | accuracy % (mean ± sd over seeds; 600 test tasks each) | seeds |", "| --- | --- | --- |"]
+    """The summary as a table: accuracy, Lake's error (20-way), meta-steps, minutes per run, seeds."""
+    def cell(s, digits, note=True):
+        sd = "" if s["sd"] is None else f" ± {s['sd']:.{digits}f}"
+        one = note and s["seeds"] < 2
+        return f"{s['mean']:.{digits}f}{sd}" + (" (one seed: no spread, no conclusion)" if one else "")
+
+    lines = ["| setting | accuracy % (mean ± sd over seeds; 600 test tasks each) | Lake 20-way within-alphabet "
+             "error % | meta-steps | minutes / run (1 thread) | seeds |", "| --- | --- | --- | --- | --- | --- |"]
     for name, s in summary.items():
-        sd = "" if s["sd"] is None else f" ± {s['sd']:.2f}"
-        note = " (one seed: no spread, no conclusion)" if s["seeds"] < 2 else ""
-        lines.append(f"| {name} | {s['mean']:.2f}{sd}{note} | {s['seeds']} |")
+        if "iterations" not in s:  # a gap: no run of its own
+            lines.append(f"| {name} | {cell(s, 2)} | | | | {s['seeds']} |")
+            continue
+        lake = cell(s["lake"], 1, note=False) if s["lake"] else ""
+        minutes = "not recorded" if s["minutes"] is None else f"{s['minutes']:.0f}"
+        steps = ", ".join(f"{i:,}" for i in s["iterations"])
+        lines.append(f"| {name} | {cell(s, 2)} | {lake} | {steps} | {minutes} | {s['seeds']} |")
     return "\n".join(lines)
 
 
@@ -271,10 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("run", "train and evaluate study runs (resumable)"),
                        ("ablation", "train and evaluate the ablation rows (5-way 1-shot MAML)"),
                        ("table", "print the table of every finished run"),
+                       ("record", "copy every finished run's result into mamlkit/results/omniglot_study/"),
                        ("ship", "replace the shipped checkpoints (load_pretrained) by the study's MAML runs")):
         p = sub.add_parser(name, help=text, allow_abbrev=False)
         p.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"checkpoints and results (default {RUNS_DIR})")
         if name == "table":
+            p.add_argument("--records", action="store_true",
+                           help=f"read the shipped records ({RECORDS.parent.name}/{RECORDS.name}/) instead of --runs-dir")
+            continue
+        if name == "record":
             continue
         if name == "ship":
             p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings")
@@ -301,6 +359,9 @@ def main(argv=None) -> None:
         if args.command == "ship":
             ship(args.settings, args.runs_dir, args.seed)
             print(f"shipped {', '.join(args.settings)} (seed {args.seed}) -> {fewshot.RESULTS_JSON}")
+        elif args.command == "record":
+            written = record(args.runs_dir)
+            print(f"recorded {len(written)} new result(s) in {RECORDS}")
         elif args.command != "table":
             if args.threads:
                 torch.set_num_threads(args.threads)
@@ -314,7 +375,8 @@ def main(argv=None) -> None:
                         for seed in args.seeds for row, changes in ABLATION.items()]
             for row, config, path in jobs:
                 train_and_evaluate(config, path, tasks=args.tasks, data_path=args.data, row=row)
-        results = collect(args.runs_dir)
+        records = getattr(args, "records", False)
+        results = collect(RECORDS, "*.json") if records else collect(args.runs_dir)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"python -m mamlkit.experiments.omniglot_study: error: {' '.join(str(e).split())}") from e
     print(markdown(summarize(results)))
