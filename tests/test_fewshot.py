@@ -272,7 +272,8 @@ def test_shipped_checkpoints_load_and_beat_chance():
         if run["weights"]:
             path = fewshot.WEIGHTS / run["weights"]
             assert path.stat().st_size < 1_000_000
-            clf = fewshot.load_pretrained(run["n_way"], run["k_shot"], run["algorithm"] == "FOMAML")
+            clf = fewshot.load_pretrained(run["n_way"], run["k_shot"], run["algorithm"] == "FOMAML",
+                                          run["config"].get("algorithm", "maml"))
             assert clf.n_way == run["n_way"]
 
 

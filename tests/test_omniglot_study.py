@@ -167,3 +167,28 @@ def test_the_shipped_records_make_the_table():
     assert {r["checkpoint"] for r in results} >= {"5w1s_maml_s0.pt", "20w1s_maml_s0.pt"}
     summary = study.summarize(results)
     assert summary["5w1s maml"]["by_seed"][0] == 96.06 and summary["20w1s maml"]["lake"]["mean"] == 22.5
+
+
+def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from mamlkit.experiments import fewshot
+    from mamlkit.experiments.fewshot import train_fewshot
+
+    weights, runs = tmp_path / "weights", tmp_path / "runs"
+    weights.mkdir()
+    monkeypatch.setattr(fewshot, "WEIGHTS", weights)
+    monkeypatch.setattr(fewshot, "RESULTS_JSON", weights / "omniglot_results.json")
+    images = ((torch.rand(8, 20, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8) * 255).to(torch.uint8)
+    for algorithm, accuracy in (("maml", 85.0), ("protonet", 91.0)):
+        config = study.config_for("20w1s", algorithm, 0, iterations=2, width=8, meta_batch_size=2, q_query=1, n_way=4)
+        path = study.run_path(runs, "20w1s", algorithm, 0)
+        train_fewshot(config, checkpoint_path=path, data=images, progress=False)
+        result = {"config": asdict(config), "accuracy": accuracy, "ci95": 0.5, "test_tasks": 600, "lake_error": 19.0,
+                  "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62}
+        path.with_name(path.name + ".result.json").write_text(json.dumps(result))
+    rows = {r["name"]: r for r in study.ship(["20w1s"], runs)["runs"]}
+    proto = rows["omniglot_4way_1shot_protonet"]
+    assert (proto["algorithm"], proto["accuracy"], proto["lake_error"]) == ("ProtoNet", 91.0, 19.0)
+    classifier = fewshot.load_pretrained(4, 1, algorithm="protonet")  # its own file, its sha256 checked
+    assert classifier.config.algorithm == "protonet" and fewshot.load_pretrained(4, 1).config.algorithm == "maml"

@@ -542,15 +542,19 @@ class FewShotClassifier:
                                 for q in query])
 
 
-def load_pretrained(n_way: int = 5, k_shot: int = 1, first_order: bool = False) -> FewShotClassifier:
-    """The shipped Omniglot checkpoint for this setting, after checking its sha256 (mamlkit/weights/)."""
+def load_pretrained(n_way: int = 5, k_shot: int = 1, first_order: bool = False,
+                    algorithm: str = "maml") -> FewShotClassifier:
+    """The shipped Omniglot checkpoint for this setting, after checking its sha256 (mamlkit/weights/).
+
+    `algorithm="protonet"` gives the shipped prototypical network where there is one (20-way 1-shot)."""
     if not RESULTS_JSON.is_file():
         raise FileNotFoundError(f"no results table at {RESULTS_JSON}: run `python -m mamlkit.fewshot results`")
     runs = json.loads(RESULTS_JSON.read_text())["runs"]
-    name = FewShotConfig(n_way=n_way, k_shot=k_shot, first_order=first_order).name
+    name = FewShotConfig(n_way=n_way, k_shot=k_shot, first_order=first_order, algorithm=algorithm).name
     shipped = {r["name"]: r for r in runs if r.get("weights")}
     if name not in shipped:
-        raise FileNotFoundError(f"n_way, k_shot, first_order: no shipped checkpoint {name!r}; shipped: {sorted(shipped)}")
+        raise FileNotFoundError(f"n_way, k_shot, first_order, algorithm: no shipped checkpoint {name!r}; "
+                                f"shipped: {sorted(shipped)}")
     run = shipped[name]
     path = WEIGHTS / run["weights"]
     actual = sha256(path) if path.is_file() else "(missing file)"

@@ -269,7 +269,8 @@ def markdown(summary: dict) -> str:
 
 
 def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
-    """Ship the study's MAML run of `seed` for each setting (checkpoint + table row; FOMAML's row too, if done).
+    """Ship the study's MAML run of `seed` for each setting (checkpoint + table row; the other algorithms' rows
+    too, where done, and the prototypical network's checkpoint: load_pretrained(..., algorithm="protonet")).
 
     Refused (ValueError, before anything is written) when a setting's MAML result is missing or a run is
     shorter than the shipped row it would replace. Returns the new shipped table."""
@@ -294,7 +295,8 @@ def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
             new.append((path, config, result, setting, algorithm))
     for path, config, result, setting, algorithm in new:
         row = {"name": config.name, "n_way": config.n_way, "k_shot": config.k_shot,
-               "algorithm": ("FOMAML" if config.first_order else "MAML") + (", zeroed head" if config.zero_head else ""),
+               "algorithm": "ProtoNet" if config.algorithm == "protonet" else
+                            ("FOMAML" if config.first_order else "MAML") + (", zeroed head" if config.zero_head else ""),
                "accuracy": result["accuracy"],
                "ci95": result["ci95"], "paper": PAPER.get((config.n_way, config.k_shot, config.first_order)),
                "chance": round(100 / config.n_way, 2), "test_tasks": result["test_tasks"],
@@ -308,7 +310,7 @@ def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
         for key in ("lake_error", "lake_ci95", "lake_runs"):
             if key in result:
                 row[key] = result[key]
-        if algorithm == "maml":  # the checkpoint load_pretrained returns
+        if algorithm in ("maml", "protonet"):  # the checkpoints load_pretrained returns
             out = export_weights(path, weights / f"{config.name}.pt")
             row["weights"], row["sha256"] = out.name, sha256(out)
         rows[config.name] = row
