@@ -94,7 +94,7 @@ def test_ship_replaces_the_settings_checkpoint_and_rows_and_refuses_shorter_runs
     result = {"config": asdict(config), "accuracy": 96.0, "ci95": 0.5, "test_tasks": 600, "train_seconds": 12.0,
               "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62}
     path.with_name(path.name + ".result.json").write_text(json.dumps(result))
-    with pytest.raises(ValueError, match="no finished MAML run of 20w1s"):
+    with pytest.raises(ValueError, match="no finished maml run of 20w1s"):
         study.ship(["5w1s", "20w1s"], runs)
     assert json.loads((weights / "omniglot_results.json").read_text())["runs"][0] == old  # nothing written
     table = study.ship(["5w1s"], runs)
@@ -187,6 +187,10 @@ def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch
         result = {"config": asdict(config), "accuracy": accuracy, "ci95": 0.5, "test_tasks": 600, "lake_error": 19.0,
                   "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62}
         path.with_name(path.name + ".result.json").write_text(json.dumps(result))
+    with pytest.raises(ValueError, match="no finished fomaml run"):
+        study.ship(["20w1s"], runs, algorithms=["protonet", "fomaml"])
+    only = {r["name"] for r in study.ship(["20w1s"], runs, algorithms=["protonet"])["runs"]}
+    assert only == {"omniglot_4way_1shot_protonet"}  # MAML's finished run was not named: not shipped
     rows = {r["name"]: r for r in study.ship(["20w1s"], runs)["runs"]}
     proto = rows["omniglot_4way_1shot_protonet"]
     assert (proto["algorithm"], proto["accuracy"], proto["lake_error"]) == ("ProtoNet", 91.0, 19.0)

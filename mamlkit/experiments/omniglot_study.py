@@ -268,23 +268,27 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def ship(settings, runs_dir=RUNS_DIR, seed: int = 0) -> dict:
+def ship(settings, runs_dir=RUNS_DIR, seed: int = 0, algorithms=None) -> dict:
     """Ship the study's MAML run of `seed` for each setting (checkpoint + table row; the other algorithms' rows
     too, where done, and the prototypical network's checkpoint: load_pretrained(..., algorithm="protonet")).
 
-    Refused (ValueError, before anything is written) when a setting's MAML result is missing or a run is
-    shorter than the shipped row it would replace. Returns the new shipped table."""
+    `algorithms` names the runs to ship (each must be finished); by default every finished one, MAML's required.
+    Refused (ValueError, before anything is written) when a required result is missing or a run is shorter
+    than the shipped row it would replace. Returns the new shipped table."""
     shipped_json, weights = fewshot.RESULTS_JSON, fewshot.WEIGHTS
     table = json.loads(shipped_json.read_text()) if shipped_json.is_file() else {"runs": []}
     rows = {r["name"]: {"budget": True, **r} for r in table["runs"]}  # rows before the study: `results`' budget runs
     new = []
     for setting in settings:
-        for algorithm in ALGORITHMS:
+        for algorithm in algorithms or ALGORITHMS:
+            if algorithm not in ALGORITHMS:
+                raise ValueError(f"algorithms: expected names from {sorted(ALGORITHMS)}, got {algorithm!r}")
             path = run_path(runs_dir, setting, algorithm, seed)
             result_file = path.with_name(path.name + ".result.json")
             if not result_file.is_file():
-                if algorithm == "maml":
-                    raise ValueError(f"settings: no finished MAML run of {setting} for seed {seed} ({result_file})")
+                if algorithms or algorithm == "maml":
+                    raise ValueError(f"settings: no finished {algorithm} run of {setting} for seed {seed} "
+                                     f"({result_file})")
                 continue
             result = json.loads(result_file.read_text())
             config = FewShotConfig(**saved_config(result["config"]))
@@ -339,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ship":
             p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings")
             p.add_argument("--seed", type=nonnegative_int, default=0, help="which seed's runs (default 0)")
+            p.add_argument("--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=None,
+                           help="ship only these runs (default: every finished one; MAML's required)")
             continue
         p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="seeds (default 0)")
         p.add_argument("--tasks", type=positive_int, default=TEST_TASKS, help=f"test tasks (default {TEST_TASKS})")
@@ -359,7 +365,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "ship":
-            ship(args.settings, args.runs_dir, args.seed)
+            ship(args.settings, args.runs_dir, args.seed, args.algorithms)
             print(f"shipped {', '.join(args.settings)} (seed {args.seed}) -> {fewshot.RESULTS_JSON}")
         elif args.command == "record":
             written = record(args.runs_dir)
