@@ -196,3 +196,12 @@ def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch
     assert (proto["algorithm"], proto["accuracy"], proto["lake_error"]) == ("ProtoNet", 91.0, 19.0)
     classifier = fewshot.load_pretrained(4, 1, algorithm="protonet")  # its own file, its sha256 checked
     assert classifier.config.algorithm == "protonet" and fewshot.load_pretrained(4, 1).config.algorithm == "maml"
+
+
+def test_the_readme_shows_the_table_its_command_prints():
+    """The README's study table is `omniglot_study table --records`, verbatim: no number typed by hand."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = study.markdown(study.summarize(study.collect(study.RECORDS, "*.json")))
+    assert table in readme
