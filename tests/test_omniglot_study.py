@@ -179,9 +179,9 @@ def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch
     weights.mkdir()
     monkeypatch.setattr(fewshot, "WEIGHTS", weights)
     monkeypatch.setattr(fewshot, "RESULTS_JSON", weights / "omniglot_results.json")
-    images = ((torch.rand(8, 20, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8) * 255).to(torch.uint8)
+    images = ((torch.rand(20, 20, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8) * 255).to(torch.uint8)
     for algorithm, accuracy in (("maml", 85.0), ("protonet", 91.0)):
-        config = study.config_for("20w1s", algorithm, 0, iterations=2, width=8, meta_batch_size=2, q_query=1, n_way=4)
+        config = study.config_for("20w1s", algorithm, 0, iterations=2, width=8, meta_batch_size=2, q_query=1)
         path = study.run_path(runs, "20w1s", algorithm, 0)
         train_fewshot(config, checkpoint_path=path, data=images, progress=False)
         result = {"config": asdict(config), "accuracy": accuracy, "ci95": 0.5, "test_tasks": 600, "lake_error": 19.0,
@@ -190,12 +190,14 @@ def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="no finished fomaml run"):
         study.ship(["20w1s"], runs, algorithms=["protonet", "fomaml"])
     only = {r["name"] for r in study.ship(["20w1s"], runs, algorithms=["protonet"])["runs"]}
-    assert only == {"omniglot_4way_1shot_protonet"}  # MAML's finished run was not named: not shipped
+    assert only == {"omniglot_20way_1shot_protonet"}  # MAML's finished run was not named: not shipped
     rows = {r["name"]: r for r in study.ship(["20w1s"], runs)["runs"]}
-    proto = rows["omniglot_4way_1shot_protonet"]
+    proto = rows["omniglot_20way_1shot_protonet"]
     assert (proto["algorithm"], proto["accuracy"], proto["lake_error"]) == ("ProtoNet", 91.0, 19.0)
-    classifier = fewshot.load_pretrained(4, 1, algorithm="protonet")  # its own file, its sha256 checked
-    assert classifier.config.algorithm == "protonet" and fewshot.load_pretrained(4, 1).config.algorithm == "maml"
+    # Finn et al.'s number belongs beside MAML's row only, never beside the prototypical network's
+    assert proto["paper"] is None and rows["omniglot_20way_1shot_maml"]["paper"] == study.PAPER[(20, 1, False)]
+    classifier = fewshot.load_pretrained(20, 1, algorithm="protonet")  # its own file, its sha256 checked
+    assert classifier.config.algorithm == "protonet" and fewshot.load_pretrained(20, 1).config.algorithm == "maml"
 
 
 def test_the_readme_shows_the_table_its_command_prints():

@@ -26,8 +26,8 @@ the README's tables can be re-made from a fresh clone with `table --records`; it
 record by a different result of the same name.
 
 `ship` replaces the shipped checkpoint of each setting (mamlkit/weights/, what `load_pretrained` returns) by
-the study's MAML run of `--seed`, and that setting's MAML and FOMAML rows of the shipped table by the
-study's results; it refuses a run shorter than the row it would replace, and settings not named keep theirs.
+the study's MAML run of `--seed` (and the prototypical network's, `load_pretrained(..., algorithm="protonet")`),
+and that setting's rows of the shipped table by the study's results; it refuses a run shorter than the row it would replace, and settings not named keep theirs.
 """
 from __future__ import annotations
 
@@ -302,7 +302,8 @@ def ship(settings, runs_dir=RUNS_DIR, seed: int = 0, algorithms=None) -> dict:
                "algorithm": "ProtoNet" if config.algorithm == "protonet" else
                             ("FOMAML" if config.first_order else "MAML") + (", zeroed head" if config.zero_head else ""),
                "accuracy": result["accuracy"],
-               "ci95": result["ci95"], "paper": PAPER.get((config.n_way, config.k_shot, config.first_order)),
+               "ci95": result["ci95"], "paper": PAPER.get((config.n_way, config.k_shot, config.first_order))
+               if config.algorithm == "maml" else None,  # Finn et al.'s numbers are MAML's and FOMAML's
                "chance": round(100 / config.n_way, 2), "test_tasks": result["test_tasks"],
                "test_steps": config.test_steps, "config": asdict(config), "train_seconds": result.get("train_seconds"),
                "budget": False, "source": f"omniglot_study run, seed {seed}",
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ablation", "train and evaluate the ablation rows (5-way 1-shot MAML)"),
                        ("table", "print the table of every finished run"),
                        ("record", "copy every finished run's result into mamlkit/results/omniglot_study/"),
-                       ("ship", "replace the shipped checkpoints (load_pretrained) by the study's MAML runs")):
+                       ("ship", "replace the shipped checkpoints (load_pretrained) by the study's MAML and ProtoNet runs")):
         p = sub.add_parser(name, help=text, allow_abbrev=False)
         p.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"checkpoints and results (default {RUNS_DIR})")
         if name == "table":
