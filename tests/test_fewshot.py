@@ -409,7 +409,7 @@ def test_ship_of_a_long_enough_run_replaces_the_shipped_files(shipped, tmp_path)
     shipped["json"].write_text(json.dumps(table))
     fewshot_cli.main(["results", "--ship", *SMOKE])
     table = json.loads(shipped["json"].read_text())
-    shipped_runs = [r for r in table["runs"] if r["weights"]]
+    shipped_runs = [r for r in table["runs"] if r["weights"] and r["algorithm"] != "ProtoNet"]
     assert sorted(r["name"] for r in shipped_runs) == ["omniglot_20way_1shot_maml", "omniglot_5way_1shot_maml",
                                                        "omniglot_5way_5shot_maml"]
     after = digests(shipped["weights"])
@@ -421,7 +421,13 @@ def test_ship_of_a_long_enough_run_replaces_the_shipped_files(shipped, tmp_path)
     assert "--ship" in table["command"]
     assert fewshot.load_pretrained(5, 1).config.width == 8  # the new checkpoint passes its checksum
     run_table = json.loads((tmp_path / "runs" / "omniglot" / "omniglot_results.json").read_text())
-    assert [r["sha256"] for r in run_table["runs"]] == [r["sha256"] for r in table["runs"]]
+    by_name = {r["name"]: r for r in table["runs"]}
+    assert [r["sha256"] for r in run_table["runs"]] == [by_name[r["name"]]["sha256"] for r in run_table["runs"]]
+    # the rows `results` does not make (the study's prototypical network) stay, and their checkpoints load
+    kept = {r["name"] for r in table["runs"]} - {r["name"] for r in run_table["runs"]}
+    assert kept == {"omniglot_20way_1shot_protonet"} and by_name["omniglot_20way_1shot_protonet"]["sha256"] == before[
+        "omniglot_20way_1shot_protonet.pt"]
+    assert fewshot.load_pretrained(20, 1, algorithm="protonet").config.algorithm == "protonet"
     shipped["bf16_json"].unlink()  # no shipped bf16 JSON: nothing to be shorter than
     fewshot_cli.main(["bf16", "--ship", "--runs-dir", "runs/bf16", "--iterations", "1", "--tasks", "2"])
     assert json.loads(shipped["bf16_json"].read_text())["runs"][1]["config"]["bf16"] is True

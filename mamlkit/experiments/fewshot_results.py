@@ -7,8 +7,8 @@ Omniglot subset this project's machines have; it records hardware and wall times
 
 Where the files go: the checkpoints and the JSON table stay in the runs folder (default runs/omniglot,
 `<runs-dir>/omniglot_results.json`). Only `ship=True` (`--ship`) also copies the MAML checkpoints into
-mamlkit/weights/ and rewrites the shipped table mamlkit/weights/omniglot_results.json with their sha256,
-once every setting is done; it is refused, before anything is trained or written, when a setting would
+mamlkit/weights/ and replaces their rows of the shipped table mamlkit/weights/omniglot_results.json (with
+their sha256; rows of other runs, such as the study's prototypical network, stay), once every setting is done; it is refused, before anything is trained or written, when a setting would
 run fewer meta-steps or fewer test tasks than the shipped table records for it. `run_bf16_check` (`bf16`)
 works the same way with `<runs-dir>/bf16_accuracy.json` and the shipped mamlkit/results/bf16_accuracy.json.
 """
@@ -157,8 +157,16 @@ def run_results(runs_dir=RUNS_DIR, *, json_path=None, ship: bool = False, tasks:
                 out = export_weights(runs_dir / f"{config.name}.pt", weights / f"{config.name}.pt")
                 run["weights"], run["sha256"] = out.name, sha256(out)
         table = _write_table(json_path, command, data, train_set, test_set, results)
-        _write_table(shipped_json, command, data, train_set, test_set, results)
+        _write_table(shipped_json, command, data, train_set, test_set, merged_rows(shipped_json, results))
     return table
+
+
+def merged_rows(shipped_json: Path, results: list[dict]) -> list[dict]:
+    """The shipped table's rows with those of `results` replaced by name, in place; rows of runs that `results`
+    does not make (the study's prototypical network, say) are kept, so their checkpoints stay loadable."""
+    rows = {r["name"]: r for r in json.loads(shipped_json.read_text())["runs"]} if shipped_json.is_file() else {}
+    rows.update({r["name"]: r for r in results})
+    return list(rows.values())
 
 
 def _write_table(json_path: Path, command: str, data, train_set, test_set, results: list[dict]) -> dict:
