@@ -198,6 +198,21 @@ def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch
     assert proto["paper"] is None and rows["omniglot_20way_1shot_maml"]["paper"] == study.PAPER[(20, 1, False)]
     classifier = fewshot.load_pretrained(20, 1, algorithm="protonet")  # its own file, its sha256 checked
     assert classifier.config.algorithm == "protonet" and fewshot.load_pretrained(20, 1).config.algorithm == "maml"
+    # FOMAML with five small steps makes the same row name as plain FOMAML: shipping both is refused
+    for algorithm in ("fomaml", "fomaml_5steps"):
+        config = study.config_for("20w1s", algorithm, 0, iterations=2, width=8, meta_batch_size=2, q_query=1)
+        path = study.run_path(runs, "20w1s", algorithm, 0)
+        train_fewshot(config, checkpoint_path=path, data=images, progress=False)
+        result = {"config": asdict(config), "accuracy": 60.0, "ci95": 0.5, "test_tasks": 600,
+                  "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62}
+        path.with_name(path.name + ".result.json").write_text(json.dumps(result))
+    before = (weights / "omniglot_results.json").read_text()
+    with pytest.raises(ValueError, match="fomaml and fomaml_5steps of 20w1s would both ship the row"):
+        study.ship(["20w1s"], runs)
+    assert (weights / "omniglot_results.json").read_text() == before  # nothing written
+    row = {r["name"]: r for r in study.ship(["20w1s"], runs, algorithms=["fomaml_5steps"])["runs"]}[
+        "omniglot_20way_1shot_fomaml"]
+    assert row["algorithm"] == "FOMAML, 5 steps of α = 0.1" and row["config"]["inner_steps"] == 5
 
 
 def test_the_readme_shows_the_table_its_command_prints():

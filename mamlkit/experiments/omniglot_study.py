@@ -297,10 +297,17 @@ def ship(settings, runs_dir=RUNS_DIR, seed: int = 0, algorithms=None) -> dict:
                 raise ValueError(f"settings: {config.name} ran {config.iterations} meta-steps, the shipped one "
                                  f"{old['config']['iterations']}: refusing to ship a shorter run")
             new.append((path, config, result, setting, algorithm))
+    made = {}  # row name -> algorithm: "fomaml" and "fomaml_5steps" both make the row omniglot_..._fomaml
+    for _, config, _, setting, algorithm in new:
+        if config.name in made:
+            raise ValueError(f"algorithms: {made[config.name]} and {algorithm} of {setting} would both ship the row "
+                             f"{config.name!r}; name one of them with --algorithms")
+        made[config.name] = algorithm
     for path, config, result, setting, algorithm in new:
         row = {"name": config.name, "n_way": config.n_way, "k_shot": config.k_shot,
                "algorithm": "ProtoNet" if config.algorithm == "protonet" else
-                            ("FOMAML" if config.first_order else "MAML") + (", zeroed head" if config.zero_head else ""),
+                            ("FOMAML" if config.first_order else "MAML") + (", zeroed head" if config.zero_head else "")
+                            + (f", {config.inner_steps} steps of α = {config.inner_lr}" if "5steps" in algorithm else ""),
                "accuracy": result["accuracy"],
                "ci95": result["ci95"], "paper": PAPER.get((config.n_way, config.k_shot, config.first_order))
                if config.algorithm == "maml" else None,  # Finn et al.'s numbers are MAML's and FOMAML's
