@@ -169,11 +169,24 @@ def test_the_shipped_records_make_the_table():
     assert summary["5w1s maml"]["by_seed"][0] == 96.06 and summary["20w1s maml"]["lake"]["mean"] == 22.5
 
 
-def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch):
+def finished_run(runs, setting, algorithm, accuracy, images, seed=0, **result_fields):
+    """A tiny trained run of the study with its `.result.json`, as `run` leaves a finished one."""
     from dataclasses import asdict
 
-    from mamlkit.experiments import fewshot
     from mamlkit.experiments.fewshot import train_fewshot
+
+    q_query = 2 if setting.startswith("5w") else 1
+    config = study.config_for(setting, algorithm, seed, iterations=2, width=8, meta_batch_size=2, q_query=q_query)
+    path = study.run_path(runs, setting, algorithm, seed)
+    train_fewshot(config, checkpoint_path=path, data=images, progress=False)
+    result = {"config": asdict(config), "accuracy": accuracy, "ci95": 0.5, "test_tasks": 600,
+              "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62, **result_fields}
+    path.with_name(path.name + ".result.json").write_text(json.dumps(result))
+    return config
+
+
+def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch):
+    from mamlkit.experiments import fewshot
 
     weights, runs = tmp_path / "weights", tmp_path / "runs"
     weights.mkdir()
@@ -181,12 +194,7 @@ def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch
     monkeypatch.setattr(fewshot, "RESULTS_JSON", weights / "omniglot_results.json")
     images = ((torch.rand(20, 20, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8) * 255).to(torch.uint8)
     for algorithm, accuracy in (("maml", 85.0), ("protonet", 91.0)):
-        config = study.config_for("20w1s", algorithm, 0, iterations=2, width=8, meta_batch_size=2, q_query=1)
-        path = study.run_path(runs, "20w1s", algorithm, 0)
-        train_fewshot(config, checkpoint_path=path, data=images, progress=False)
-        result = {"config": asdict(config), "accuracy": accuracy, "ci95": 0.5, "test_tasks": 600, "lake_error": 19.0,
-                  "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62}
-        path.with_name(path.name + ".result.json").write_text(json.dumps(result))
+        finished_run(runs, "20w1s", algorithm, accuracy, images, lake_error=19.0)
     with pytest.raises(ValueError, match="no finished fomaml run"):
         study.ship(["20w1s"], runs, algorithms=["protonet", "fomaml"])
     only = {r["name"] for r in study.ship(["20w1s"], runs, algorithms=["protonet"])["runs"]}
@@ -200,12 +208,7 @@ def test_ship_exports_the_prototypical_network_beside_maml(tmp_path, monkeypatch
     assert classifier.config.algorithm == "protonet" and fewshot.load_pretrained(20, 1).config.algorithm == "maml"
     # FOMAML with five small steps makes the same row name as plain FOMAML: shipping both is refused
     for algorithm in ("fomaml", "fomaml_5steps"):
-        config = study.config_for("20w1s", algorithm, 0, iterations=2, width=8, meta_batch_size=2, q_query=1)
-        path = study.run_path(runs, "20w1s", algorithm, 0)
-        train_fewshot(config, checkpoint_path=path, data=images, progress=False)
-        result = {"config": asdict(config), "accuracy": 60.0, "ci95": 0.5, "test_tasks": 600,
-                  "test_alphabets": ["Early_Aramaic", "Korean"], "test_characters": 62}
-        path.with_name(path.name + ".result.json").write_text(json.dumps(result))
+        finished_run(runs, "20w1s", algorithm, 60.0, images)
     before = (weights / "omniglot_results.json").read_text()
     with pytest.raises(ValueError, match="fomaml and fomaml_5steps of 20w1s would both ship the row"):
         study.ship(["20w1s"], runs)
