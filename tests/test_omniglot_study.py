@@ -67,6 +67,19 @@ def test_train_and_evaluate_writes_its_result_once(tmp_path, monkeypatch):
     assert study.collect(tmp_path) == [result]
 
 
+def test_ablation_rows_run_one_command_each(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study, "train_and_evaluate", lambda config, path, row=None, **kw: calls.append((row, config)))
+    study.main(["ablation", "--runs-dir", str(tmp_path), "--rows", "plain", "width32", "--seeds", "0", "1",
+                "--iterations", "10"])
+    assert [(row, c.seed) for row, c in calls] == [(study.ROWS["plain"], 0), (study.ROWS["width32"], 0),
+                                                    (study.ROWS["plain"], 1), (study.ROWS["width32"], 1)]
+    plain, width32 = calls[0][1], calls[1][1]
+    assert (plain.augment, plain.meta_lr_schedule, plain.width) == (False, "constant", 64)
+    assert (width32.augment, width32.meta_lr_schedule, width32.width, width32.iterations) == (True, "cosine", 32, 10)
+    assert list(study.ROWS.values()) == list(study.ABLATION)  # every row has its key
+
+
 def test_command_line_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         study.main(["run", "--settings", "5w2s"])

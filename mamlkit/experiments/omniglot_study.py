@@ -15,7 +15,7 @@ checkpoint (`.result.json`), so several processes may train different runs at on
 mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap paired by seed.
 
     python -m mamlkit.experiments.omniglot_study run --settings 5w1s --algorithms maml fomaml --seeds 0 1 2
-    python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2
+    python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2       # every row; --rows plain: one
     python -m mamlkit.experiments.omniglot_study table
     python -m mamlkit.experiments.omniglot_study record                       # results -> mamlkit/results/
     python -m mamlkit.experiments.omniglot_study table --records              # the table from those records
@@ -94,6 +94,7 @@ ABLATION = {
     "recipe, width 32": dict(width=32),
     "recipe + first-order warm-up (first quarter)": dict(first_order_steps=None),  # set from iterations
 }
+ROWS = dict(zip(("plain", "augment", "cosine", "recipe", "width32", "warmup"), ABLATION))  # --rows: one command a row
 TEST_TASKS, TEST_SEED = 600, 1
 
 
@@ -366,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--iterations", type=positive_int, default=4000,
                            help="meta-steps of every ablation row (default 4000)")
+            p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS),
+                           help="which rows (default all: " + "; ".join(f"{k} = {v}" for k, v in ROWS.items()) + ")")
     return parser
 
 
@@ -388,7 +391,8 @@ def main(argv=None) -> None:
             else:
                 jobs = [(row, config_for("5w1s", "maml", seed, iterations=args.iterations, **changes),
                          run_path(args.runs_dir, "5w1s", "maml", seed, row))
-                        for seed in args.seeds for row, changes in ABLATION.items()]
+                        for seed in args.seeds for row, changes in ABLATION.items()
+                        if row in {ROWS[key] for key in args.rows}]
             for row, config, path in jobs:
                 train_and_evaluate(config, path, tasks=args.tasks, data_path=args.data, row=row)
         records = getattr(args, "records", False)
