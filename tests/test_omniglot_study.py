@@ -40,7 +40,7 @@ def test_summary_is_mean_and_sd_over_seeds_and_the_gap_is_paired():
     summary = study.summarize(results)
     assert summary["5w1s maml"]["mean"] == 97.0 and summary["5w1s maml"]["sd"] == 1.0
     assert summary["5w1s fomaml"]["seeds"] == 2
-    gap = summary["5w1s gap"]
+    gap = summary["5w1s gap maml − fomaml"]
     assert gap["paired_seeds"] == [0, 1] and gap["mean"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2, seed 2 unpaired
     assert "one seed" not in study.markdown(summary).split("5w1s maml")[1].split("\n")[0]
     table = study.ablation_table(results)

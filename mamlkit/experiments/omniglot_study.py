@@ -228,8 +228,7 @@ def summarize(results: list[dict]) -> dict:
             first, second = groups.get((setting, a), {}), groups.get((setting, b), {})
             paired = sorted(set(first) & set(second))
             if paired:
-                name = f"{setting} gap" if (a, b) == ("maml", "fomaml") else f"{setting} gap {a} − {b}"
-                summary[name] = {**mean_sd(first[s] - second[s] for s in paired), "paired_seeds": paired}
+                summary[f"{setting} gap {a} − {b}"] = {**mean_sd(first[s] - second[s] for s in paired), "paired_seeds": paired}
     return summary
 
 
