@@ -8,8 +8,9 @@ Omniglot subset this project's machines have; it records hardware and wall times
 Where the files go: the checkpoints and the JSON table stay in the runs folder (default runs/omniglot,
 `<runs-dir>/omniglot_results.json`). Only `ship=True` (`--ship`) also copies the MAML checkpoints into
 mamlkit/weights/ and replaces their rows of the shipped table mamlkit/weights/omniglot_results.json (with
-their sha256; rows of other runs, such as the study's prototypical network, stay), once every setting is done; it is refused, before anything is trained or written, when a setting would
-run fewer meta-steps or fewer test tasks than the shipped table records for it. `run_bf16_check` (`bf16`)
+their sha256; rows of other runs, such as the study's prototypical network, stay), once every setting is
+done; it is refused, before anything is trained or written, when a setting would run fewer meta-steps or
+fewer test tasks than the shipped table records for it. `run_bf16_check` (`bf16`)
 works the same way with `<runs-dir>/bf16_accuracy.json` and the shipped mamlkit/results/bf16_accuracy.json.
 """
 from __future__ import annotations

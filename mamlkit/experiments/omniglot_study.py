@@ -228,7 +228,8 @@ def summarize(results: list[dict]) -> dict:
             first, second = groups.get((setting, a), {}), groups.get((setting, b), {})
             paired = sorted(set(first) & set(second))
             if paired:
-                summary[f"{setting} gap {a} − {b}"] = {**mean_sd(first[s] - second[s] for s in paired), "paired_seeds": paired}
+                gaps = [first[s] - second[s] for s in paired]
+                summary[f"{setting} gap {a} − {b}"] = {**mean_sd(gaps), "paired_seeds": paired}
     return summary
 
 
@@ -388,10 +389,10 @@ def main(argv=None) -> None:
                         for seed in args.seeds for s in args.settings for a in args.algorithms]
                 jobs = [(None, *job) for job in jobs]
             else:
-                jobs = [(row, config_for("5w1s", "maml", seed, iterations=args.iterations, **changes),
+                rows = [ROWS[key] for key in args.rows]
+                jobs = [(row, config_for("5w1s", "maml", seed, iterations=args.iterations, **ABLATION[row]),
                          run_path(args.runs_dir, "5w1s", "maml", seed, row))
-                        for seed in args.seeds for row, changes in ABLATION.items()
-                        if row in {ROWS[key] for key in args.rows}]
+                        for seed in args.seeds for row in ABLATION if row in rows]
             for row, config, path in jobs:
                 train_and_evaluate(config, path, tasks=args.tasks, data_path=args.data, row=row)
         records = getattr(args, "records", False)
