@@ -323,7 +323,9 @@ def run(plan: Plan, device: str = "cpu", out: Path | None = RESULTS, threads: in
     for config in plan.configs:
         log(f"timing {config.problem} mb={config.meta_batch_size} steps={config.inner_steps} "
             f"({', '.join(config.methods)}; {config.reps} reps) ...")
-        rows += bench_config(config, plan.width, device, threads)
+        new = bench_config(config, plan.width, device, threads)
+        log("  " + "; ".join(f"{r['method']} {r['order']} {r['ms_median']:.1f} ms" for r in new))  # kept if stopped later
+        rows += new
     log(f"memory against inner_steps {plan.memory_steps[0]}..{plan.memory_steps[-1]} ...")
     rows += bench_memory(plan, device, threads)
     peak = max(peak, matmul_gflops(device, plan.matmul_n))

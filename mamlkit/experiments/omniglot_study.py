@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write_text, load_checkpoint, sha256
-from ..cli import nonnegative_int, positive_int
+from ..cli import device, nonnegative_int, positive_int
 from . import fewshot  # fewshot.WEIGHTS and fewshot.RESULTS_JSON are read at call time (tests point them elsewhere)
 from .fewshot import (
     PAPER,
@@ -143,7 +143,7 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
               # the training wall time summed over every session, counted from seconds_from_step (0: all of it)
               "train_seconds": round(state.get("seconds", 0.0), 1) if "seconds" in state else None,
               "train_seconds_from_step": state.get("seconds_from_step"),
-              "threads": torch.get_num_threads(), "row": row}
+              "threads": torch.get_num_threads(), "hardware": hardware(config.device), "row": row}
     if config.n_way == 20 and config.split == "alphabets":
         from .lake import evaluate_within_alphabet
 
@@ -155,6 +155,47 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
               + (f"; Lake 20-way within-alphabet error {result['lake_error']:.1f} %" if "lake_error" in result else ""),
               flush=True)
     return result
+
+
+def hardware(device: str) -> str:
+    """What trained a run: the GPU's name, or "CPU" (its threads are the result's "threads")."""
+    dev = torch.device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type.upper()
+
+
+def run_parallel(jobs: list[list[str]], workers: int, logs: Path, *, env=None,
+                 deadline: float | None = None) -> list[int | None]:
+    """Run each job (the arguments of one `omniglot_study` command) in its own process, `workers` at a time.
+
+    Jobs start in the order given (the most wanted first); each writes its output to `logs/<n>.log`.
+    At `deadline` (a time.monotonic() value) the running jobs are stopped and no more start: their
+    checkpoints keep their progress. Returns the exit statuses in the jobs' order (None: not finished).
+    Processes are started, not forked: each has its own CUDA context, so several runs share one GPU."""
+    import subprocess
+    import sys
+
+    logs.mkdir(parents=True, exist_ok=True)
+    waiting, running, status = list(enumerate(jobs)), {}, [None] * len(jobs)
+    try:
+        while (waiting or running) and (deadline is None or time.monotonic() < deadline):
+            while waiting and len(running) < workers:
+                n, args = waiting.pop(0)
+                with open(logs / f"{n:02d}.log", "w") as log:
+                    log.write(" ".join(["python -m mamlkit.experiments.omniglot_study", *args]) + "\n")
+                    log.flush()
+                    running[n] = subprocess.Popen([sys.executable, "-m", "mamlkit.experiments.omniglot_study", *args],
+                                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+            for n, proc in list(running.items()):
+                if proc.poll() is not None:
+                    status[n] = proc.returncode
+                    del running[n]
+            time.sleep(1)
+    finally:  # interrupted (a deadline's SIGTERM, Ctrl-C): stop the runs, whose checkpoints keep their progress
+        for proc in running.values():
+            proc.terminate()
+        for proc in running.values():
+            proc.wait()
+    return status
 
 
 def collect(runs_dir=RUNS_DIR, pattern: str = "*.pt.result.json") -> list[dict]:
@@ -205,10 +246,11 @@ def summarize(results: list[dict]) -> dict:
             name = "protonet"
         if name in ALGORITHMS:
             groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
-            more = extra.setdefault((setting, name), {"iterations": set(), "minutes": [], "lake": []})
+            more = extra.setdefault((setting, name), {"iterations": set(), "minutes": {}, "lake": []})
             more["iterations"].add(c["iterations"])
             if r.get("train_seconds") is not None and not r.get("train_seconds_from_step"):
-                more["minutes"].append(r["train_seconds"] / 60)
+                on = r.get("hardware", "CPU")  # runs recorded before "hardware" ran on the CPU
+                more["minutes"].setdefault(on, []).append(r["train_seconds"] / 60)
             if r.get("lake_error") is not None:
                 more["lake"].append(r["lake_error"])
 
@@ -220,8 +262,9 @@ def summarize(results: list[dict]) -> dict:
     summary = {}
     for (s, a), v in sorted(groups.items(), key=lambda item: (list(SETTINGS).index(item[0][0]), item[0][1])):
         more = extra[(s, a)]
+        minutes = {on: round(statistics.fmean(m), 1) for on, m in sorted(more["minutes"].items())}
         summary[f"{s} {a}"] = {**mean_sd(v.values()), "by_seed": v, "iterations": sorted(more["iterations"]),
-                               "minutes": round(statistics.fmean(more["minutes"]), 1) if more["minutes"] else None,
+                               "minutes": minutes.pop("CPU", None), "gpu_minutes": minutes,  # GPU name -> minutes
                                "lake": mean_sd(more["lake"]) if more["lake"] else None}
     for setting in SETTINGS:
         for a, b in PAIRS:
@@ -257,13 +300,15 @@ def markdown(summary: dict) -> str:
         return f"{s['mean']:.{digits}f}{sd}" + (" (one seed: no spread, no conclusion)" if one else "")
 
     lines = ["| setting | accuracy % (mean ± sd over seeds; 600 test tasks each) | Lake 20-way within-alphabet "
-             "error % | meta-steps | minutes / run (1 thread) | seeds |", "| --- | --- | --- | --- | --- | --- |"]
+             "error % | meta-steps | minutes / run (1 CPU thread, or the GPU named) | seeds |", "| --- | --- | --- | --- | --- | --- |"]
     for name, s in summary.items():
         if "iterations" not in s:  # a gap: no run of its own
             lines.append(f"| {name} | {cell(s, 2)} | | | | {s['seeds']} |")
             continue
         lake = cell(s["lake"], 1, note=False) if s["lake"] else ""
-        minutes = "not recorded" if s["minutes"] is None else f"{s['minutes']:.0f}"
+        minutes = [] if s["minutes"] is None else [f"{s['minutes']:.0f}" + (" (CPU)" if s["gpu_minutes"] else "")]
+        minutes += [f"{m:.1f} ({gpu})" for gpu, m in s["gpu_minutes"].items()]
+        minutes = "; ".join(minutes) or "not recorded"
         steps = ", ".join(f"{i:,}" for i in s["iterations"])
         lines.append(f"| {name} | {cell(s, 2)} | {lake} | {steps} | {minutes} | {s['seeds']} |")
     return "\n".join(lines)
@@ -359,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tasks", type=positive_int, default=TEST_TASKS, help=f"test tasks (default {TEST_TASKS})")
         p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
         p.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
+        p.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda, cuda:N or mps")
         if name == "run":
             p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS),
                            help="which settings (default all)")
@@ -385,12 +431,13 @@ def main(argv=None) -> None:
             if args.threads:
                 torch.set_num_threads(args.threads)
             if args.command == "run":
-                jobs = [(config_for(s, a, seed), run_path(args.runs_dir, s, a, seed))
+                jobs = [(config_for(s, a, seed, device=args.device), run_path(args.runs_dir, s, a, seed))
                         for seed in args.seeds for s in args.settings for a in args.algorithms]
                 jobs = [(None, *job) for job in jobs]
             else:
                 rows = [ROWS[key] for key in args.rows]
-                jobs = [(row, config_for("5w1s", "maml", seed, iterations=args.iterations, **ABLATION[row]),
+                jobs = [(row, config_for("5w1s", "maml", seed, iterations=args.iterations, device=args.device,
+                                         **ABLATION[row]),
                          run_path(args.runs_dir, "5w1s", "maml", seed, row))
                         for seed in args.seeds for row in ABLATION if row in rows]
             for row, config, path in jobs:

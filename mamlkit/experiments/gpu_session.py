@@ -1,0 +1,108 @@
+"""One GPU session: the GPU benchmark, the CUDA checks and the Omniglot study's missing runs, in a fixed time.
+
+Written for a GPU lent for minutes (the course's GPU numbers came from one such lease), and usable on any
+CUDA machine. Three phases, each bounded, so a session ends with whatever finished written to --out:
+
+    1. `python -m mamlkit.bench --device cuda`, alone on the GPU (its timings need the GPU to themselves),
+       stopped after --bench-minutes
+    2. tests/test_gpu.py: the meta-gradient on the GPU against a CPU float64 reference and finite
+       differences, a few-shot run scored on both devices (beside phase 3: it times nothing)
+    3. the study's runs (omniglot_study.py) that the 2-core CPU had not finished, most wanted first,
+       `--workers` at a time on the one GPU, until --minutes have passed since the start; an unfinished
+       run keeps its checkpoint and resumes with the same command
+
+    python -m mamlkit.experiments.gpu_session --out runs/gpu --data ../shared/omniglot --minutes 9
+
+--out receives env.txt, bench/ (the benchmark's CSV, PNG and log), test_gpu.log and study.tar.gz (every
+finished run's .result.json and every run's log), which `omniglot_study record --runs-dir` reads once
+unpacked.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..cli import device, positive_float, positive_int
+from .omniglot_study import ROWS, ablation_table, collect, hardware, markdown, run_parallel, summarize
+
+# The study's runs in the order they are wanted: the 20-way MAML − FOMAML comparison over three seeds, the
+# ablation table's rows for seeds 0 and 1, the 5-way 5-shot comparison, the ablation's seed 2, then the
+# five-small-steps lever (notebook 04: FOMAML's dropped term is proportional to α).
+STUDY = (
+    [["run", "--settings", "20w1s", "--algorithms", a, "--seeds", str(s)] for s in (1, 2) for a in ("maml", "fomaml")]
+    + [["ablation", "--rows", row, "--seeds", str(s)] for s in (0, 1) for row in ROWS]
+    + [["run", "--settings", "5w5s", "--algorithms", a, "--seeds", str(s)]
+       for a, seeds in (("maml", (1, 2)), ("fomaml", (0, 1, 2))) for s in seeds]
+    + [["ablation", "--rows", row, "--seeds", "2"] for row in ROWS]
+    + [["run", "--settings", "5w1s", "--algorithms", a, "--seeds", str(s)]
+       for a in ("fomaml_5steps", "maml_5steps") for s in (0, 1, 2)]
+)
+
+
+def shell(command: list[str], log: Path, timeout: float) -> int | None:
+    """Run `command` with its output in `log`; None if it ran past `timeout` seconds (then it is killed)."""
+    with open(log, "w") as out:
+        try:
+            return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=max(timeout, 1)).returncode
+        except subprocess.TimeoutExpired:
+            out.write(f"\n[gpu_session] stopped after {timeout:.0f} s\n")
+            return None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mamlkit.experiments.gpu_session", allow_abbrev=False,
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the logs, results and benchmark")
+    parser.add_argument("--data", required=True, help="the Omniglot folder (the two minimal background zips)")
+    parser.add_argument("--runs-dir", default="runs/omniglot_gpu", help="the study's checkpoints (default runs/omniglot_gpu)")
+    parser.add_argument("--workers", type=positive_int, default=8, help="study runs at once on the GPU (default 8)")
+    parser.add_argument("--minutes", type=positive_float, default=9.0, help="the whole session's time (default 9)")
+    parser.add_argument("--bench-minutes", type=positive_float, default=3.5, help="phase 1's time at most (default 3.5)")
+    parser.add_argument("--quick-bench", action="store_true", help="python -m mamlkit.bench --quick")
+    parser.add_argument("--device", type=device, default="cuda", help="cuda (default); cpu: a dry run of the plumbing")
+    args = parser.parse_args(argv)
+    out, runs = Path(args.out), Path(args.runs_dir)
+    (out / "bench").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    (out / "env.txt").write_text(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {hardware(args.device)}, "
+                                 f"{os.cpu_count()} CPUs\n")
+    from ..data.omniglot import load_omniglot
+
+    start = time.monotonic()
+    load_omniglot(args.data)  # build the preprocessed cache once, before the workers all want it
+
+    bench = [sys.executable, "-m", "mamlkit.bench", "--device", args.device, "--out", str(out / "bench")]
+    shell(bench + (["--quick"] if args.quick_bench else []), out / "bench" / "bench.log", 60 * args.bench_minutes)
+
+    tests = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                              "tests/test_gpu.py"], stdout=open(out / "test_gpu.log", "w"), stderr=subprocess.STDOUT)
+    jobs = [[*job, "--device", args.device, "--threads", "1", "--data", args.data, "--runs-dir", str(runs)]
+            for job in STUDY]
+    study_start = time.monotonic()
+    status = run_parallel(jobs, args.workers, runs / "logs", env=env, deadline=start + 60 * args.minutes - 20)
+    try:
+        tests.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        tests.kill()
+    print(f"study: {sum(s == 0 for s in status)} of {len(jobs)} runs finished in "
+          f"{(time.monotonic() - study_start) / 60:.1f} min", flush=True)
+
+    with tarfile.open(out / "study.tar.gz", "w:gz") as tar:
+        for f in sorted(runs.rglob("*.result.json")) + sorted((runs / "logs").glob("*.log")):
+            tar.add(f, arcname=f.relative_to(runs).as_posix())
+    results = collect(runs)
+    print(markdown(summarize(results)), ablation_table(results), sep="\n\n")
+    bench_log = [line for line in (out / "bench" / "bench.log").read_text().splitlines() if not line.startswith("USDT")]
+    print("bench:", *bench_log[-45:], sep="\n")  # (USDT: the profiler's own lines, from its FLOP counts)
+    print("tests/test_gpu.py:", (out / "test_gpu.log").read_text().strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
