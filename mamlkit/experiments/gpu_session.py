@@ -32,17 +32,24 @@ import torch
 from ..cli import device, positive_float, positive_int
 from .omniglot_study import ROWS, ablation_table, collect, hardware, markdown, run_parallel, summarize
 
+
 # The study's runs in the order they are wanted: the 20-way MAML − FOMAML comparison over three seeds, the
-# ablation table's rows for seeds 0 and 1, the 5-way 5-shot comparison, the ablation's seed 2, then the
-# five-small-steps lever (notebook 04: FOMAML's dropped term is proportional to α).
+# ablation table's rows for seeds 0 and 1, the paper's 20-way inner loop (five steps of α = 0.1: FOMAML's
+# dropped term is proportional to α, notebook 04), the 5-way 5-shot comparison, the ablation's seed 2, the
+# five small steps at 5-way, MAML with the zeroed head (FOMAML's fair pair), the last prototypical network.
+def _runs(setting: str, algorithms, seeds=(0, 1, 2)) -> list[list[str]]:
+    return [["run", "--settings", setting, "--algorithms", a, "--seeds", str(s)] for a in algorithms for s in seeds]
+
+
 STUDY = (
-    [["run", "--settings", "20w1s", "--algorithms", a, "--seeds", str(s)] for s in (1, 2) for a in ("maml", "fomaml")]
+    _runs("20w1s", ("maml", "fomaml"), (1, 2))
     + [["ablation", "--rows", row, "--seeds", str(s)] for s in (0, 1) for row in ROWS]
-    + [["run", "--settings", "5w5s", "--algorithms", a, "--seeds", str(s)]
-       for a, seeds in (("maml", (1, 2)), ("fomaml", (0, 1, 2))) for s in seeds]
+    + _runs("20w1s", ("fomaml_5steps", "maml_5steps"))
+    + _runs("5w5s", ("maml",), (1, 2)) + _runs("5w5s", ("fomaml",))
     + [["ablation", "--rows", row, "--seeds", "2"] for row in ROWS]
-    + [["run", "--settings", "5w1s", "--algorithms", a, "--seeds", str(s)]
-       for a in ("fomaml_5steps", "maml_5steps") for s in (0, 1, 2)]
+    + _runs("5w1s", ("fomaml_5steps", "maml_5steps"))
+    + _runs("5w1s", ("maml_zerohead",))
+    + _runs("20w1s", ("protonet",), (2,))
 )
 
 
