@@ -179,7 +179,8 @@ def test_the_shipped_records_make_the_table():
     results = study.collect(study.RECORDS, "*.json")
     assert {r["checkpoint"] for r in results} >= {"5w1s_maml_s0.pt", "20w1s_maml_s0.pt"}
     summary = study.summarize(results)
-    assert summary["5w1s maml"]["by_seed"][0] == 96.06 and summary["20w1s maml"]["lake"]["mean"] == 22.5
+    assert summary["5w1s maml"]["by_seed"][0] == 96.06 and summary["20w1s maml"]["by_seed"][0] == 85.4
+    assert summary["20w1s maml"]["seeds"] == 3  # seed 0 on the CPU, seeds 1 and 2 on a GPU (gpu_session.py)
 
 
 def finished_run(runs, setting, algorithm, accuracy, images, seed=0, **result_fields):
@@ -236,5 +237,47 @@ def test_the_readme_shows_the_table_its_command_prints():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = study.markdown(study.summarize(study.collect(study.RECORDS, "*.json")))
-    assert table in readme
+    results = study.collect(study.RECORDS, "*.json")
+    assert study.markdown(study.summarize(results)) in readme
+    assert study.ablation_table(results) in readme
+
+
+def test_minutes_are_kept_apart_by_the_hardware_that_trained_the_run():
+    cpu = {**fake_result("5w1s", "maml", 0, 96.0), "train_seconds": 3600.0}
+    gpu = [{**fake_result("5w1s", "maml", s, 96.5), "train_seconds": 240.0, "hardware": "NVIDIA H200"} for s in (1, 2)]
+    summary = study.summarize([cpu, *gpu])["5w1s maml"]
+    assert summary["minutes"] == 60.0 and summary["gpu_minutes"] == {"NVIDIA H200": 4.0}
+    assert "| 8,000 | 60 (CPU); 4.0 (NVIDIA H200) | 3 |" in study.markdown(study.summarize([cpu, *gpu]))
+    assert study.hardware("cpu") == "CPU"
+
+
+def test_run_parallel_runs_jobs_in_order_and_stops_them_at_the_deadline(tmp_path):
+    import sys
+    import time
+
+    sleep = (sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))")
+    start = time.monotonic()
+    status = study.run_parallel([["0", "0"], ["0", "3"], ["60", "0"], ["0", "0"]], 2, tmp_path / "logs",
+                                program=sleep, deadline=time.monotonic() + 8)
+    assert status == [0, 3, None, 0]  # the 60-second job was stopped at the deadline; the others ran
+    assert time.monotonic() - start < 30
+    first = (tmp_path / "logs" / "02.log").read_text().splitlines()[0]
+    assert first.endswith("time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2])) 60 0")
+
+
+def test_record_names_ablation_rows_by_their_command_line_name(tmp_path):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    (runs / "ablation").mkdir(parents=True)
+    row = fake_result("5w1s", "maml", 0, 94.0, row="plain (constant β, no augmentation)", augment=False,
+                      meta_lr_schedule="constant")
+    (runs / "ablation" / "plain__constant_β__no_augmentation_s0.pt.result.json").write_text(json.dumps(row))
+    assert [p.name for p in study.record(runs, records)] == ["ablation_plain_s0.json"]  # ASCII in the repository
+
+
+def test_the_gpu_sessions_jobs_are_valid_study_commands():
+    from mamlkit.experiments.gpu_session import STUDY
+
+    parser = study.build_parser()
+    for job in STUDY:
+        parser.parse_args([*job, "--device", "cpu"])
+    assert len({tuple(job) for job in STUDY}) == len(STUDY)  # no run twice

@@ -163,17 +163,19 @@ def hardware(device: str) -> str:
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type.upper()
 
 
-def run_parallel(jobs: list[list[str]], workers: int, logs: Path, *, env=None,
-                 deadline: float | None = None) -> list[int | None]:
+def run_parallel(jobs: list[list[str]], workers: int, logs: Path, *, env=None, deadline: float | None = None,
+                 program: tuple[str, ...] | None = None) -> list[int | None]:
     """Run each job (the arguments of one `omniglot_study` command) in its own process, `workers` at a time.
 
     Jobs start in the order given (the most wanted first); each writes its output to `logs/<n>.log`.
     At `deadline` (a time.monotonic() value) the running jobs are stopped and no more start: their
     checkpoints keep their progress. Returns the exit statuses in the jobs' order (None: not finished).
-    Processes are started, not forked: each has its own CUDA context, so several runs share one GPU."""
+    Processes are started, not forked: each has its own CUDA context, so several runs share one GPU.
+    `program`: the command the jobs' arguments follow (default: this module's command line)."""
     import subprocess
     import sys
 
+    program = program or (sys.executable, "-m", "mamlkit.experiments.omniglot_study")
     logs.mkdir(parents=True, exist_ok=True)
     waiting, running, status = list(enumerate(jobs)), {}, [None] * len(jobs)
     try:
@@ -181,10 +183,9 @@ def run_parallel(jobs: list[list[str]], workers: int, logs: Path, *, env=None,
             while waiting and len(running) < workers:
                 n, args = waiting.pop(0)
                 with open(logs / f"{n:02d}.log", "w") as log:
-                    log.write(" ".join(["python -m mamlkit.experiments.omniglot_study", *args]) + "\n")
+                    log.write(" ".join([*program, *args]) + "\n")
                     log.flush()
-                    running[n] = subprocess.Popen([sys.executable, "-m", "mamlkit.experiments.omniglot_study", *args],
-                                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+                    running[n] = subprocess.Popen([*program, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
             for n, proc in list(running.items()):
                 if proc.poll() is not None:
                     status[n] = proc.returncode
@@ -208,9 +209,14 @@ def record(runs_dir=RUNS_DIR, records=RECORDS) -> list[Path]:
 
     Refused (ValueError, before anything is written) where a record of the same name holds another result."""
     todo = []
+    row_key = {row: key for key, row in ROWS.items()}
     for f in sorted(Path(runs_dir).rglob("*.pt.result.json")):
-        name = f.relative_to(runs_dir).as_posix().removesuffix(".pt.result.json").replace("/", "_") + ".json"
-        result, out = json.loads(f.read_text()), Path(records) / name
+        result = json.loads(f.read_text())
+        if result.get("row"):  # ablation_<--rows name>_s<seed>.json: plain ASCII names in the repository
+            name = f"ablation_{row_key[result['row']]}_s{result['config']['seed']}.json"
+        else:
+            name = f.relative_to(runs_dir).as_posix().removesuffix(".pt.result.json").replace("/", "_") + ".json"
+        out = Path(records) / name
         if out.is_file():
             old = json.loads(out.read_text())
             if (saved_config(old["config"]), old["accuracy"]) != (saved_config(result["config"]), result["accuracy"]):
@@ -277,18 +283,25 @@ def summarize(results: list[dict]) -> dict:
 
 
 def ablation_table(results: list[dict]) -> str:
-    """One line per ablation row: mean ± sd over seeds, meta-steps, seeds."""
+    """One line per ablation row: mean ± sd over seeds, meta-steps, seeds, and what trained each seed."""
     rows: dict[str, list[dict]] = {}
     for r in results:
         if r.get("row"):
             rows.setdefault(r["row"], []).append(r)
-    lines = ["| 5-way 1-shot MAML | accuracy % (mean ± sd; 600 test tasks) | meta-steps | seeds |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| 5-way 1-shot MAML | accuracy % (mean ± sd; 600 test tasks) | by seed | meta-steps | seeds | trained on |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in ABLATION:
         if row in rows:
-            acc = [r["accuracy"] for r in rows[row]]
+            runs = sorted(rows[row], key=lambda r: r["config"]["seed"])
+            acc = [r["accuracy"] for r in runs]
             sd = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else " (one seed)"
-            lines.append(f"| {row} | {statistics.fmean(acc):.2f}{sd} | {rows[row][0]['config']['iterations']} | {len(acc)} |")
+            by_seed = ", ".join(f"{a:.2f}" for a in acc)
+            on: dict[str, list[str]] = {}
+            for r in runs:
+                on.setdefault(r.get("hardware", "CPU"), []).append(str(r["config"]["seed"]))
+            trained_on = "; ".join(f"{hw} (seed {', '.join(seeds)})" for hw, seeds in on.items())
+            lines.append(f"| {row} | {statistics.fmean(acc):.2f}{sd} | {by_seed} | {runs[0]['config']['iterations']:,} "
+                         f"| {len(acc)} | {trained_on} |")
     return "\n".join(lines)
 
 
