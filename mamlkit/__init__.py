@@ -14,7 +14,8 @@ The core, at the top of the package (read maml.py first):
 Grouped by role:
     data/         omniglot, preprocess, characters, glyphs (NOT Omniglot), episodes, augment
     models/       conv4: the paper's few-shot classifier
-    experiments/  sinusoid (+ reproduce_sinusoid, pretrained), fewshot (+ fewshot_cli, fewshot_results), lake
+    experiments/  sinusoid (+ reproduce_sinusoid, pretrained), fewshot (+ fewshot_cli, fewshot_results), lake,
+                  omniglot_study (+ curves, gpu_session), compare
     widgets/      InnerLoopExplorer, OuterLoopExplorer, MetaGradientAnatomy, toy2d (notebook 03)
     bench/        `python -m mamlkit.bench`: speed and memory against peers; baselines: slow references
     course/       exercises: check_exercise and the solutions/ -> notebooks/ generator

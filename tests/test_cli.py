@@ -15,7 +15,7 @@ from mamlkit.bench import run as bench_run
 from mamlkit.bench import widgets as bench_widgets
 from mamlkit.checkpoint import sha256
 from mamlkit.course import exercises
-from mamlkit.experiments import fewshot_cli, lake, reproduce_sinusoid
+from mamlkit.experiments import fewshot_cli, gpu_session, lake, omniglot_study, reproduce_sinusoid
 
 COMMANDS = {  # name -> (build_parser, main)
     "fewshot": (fewshot_cli.build_parser, fewshot_cli.main),
@@ -24,11 +24,13 @@ COMMANDS = {  # name -> (build_parser, main)
     "reproduce_sinusoid": (reproduce_sinusoid.build_parser, reproduce_sinusoid.main),
     "exercises": (exercises.build_parser, exercises.main),
     "lake": (lake.build_parser, lake.main),
+    "omniglot_study": (omniglot_study.build_parser, omniglot_study.main),
+    "gpu_session": (gpu_session.build_parser, gpu_session.main),
 }
 HELP_ARGV = [("fewshot", ["--help"]), ("fewshot", ["train", "--help"]), ("fewshot", ["evaluate", "--help"]),
              ("fewshot", ["results", "--help"]), ("fewshot", ["bf16", "--help"]), ("bench", ["--help"]),
              ("bench.widgets", ["--help"]), ("reproduce_sinusoid", ["--help"]), ("exercises", ["--help"]),
-             ("lake", ["--help"])]
+             ("lake", ["--help"]), ("omniglot_study", ["run", "--help"]), ("gpu_session", ["--help"])]
 
 
 def all_parsers(parser: argparse.ArgumentParser, name: str):
@@ -115,6 +117,12 @@ BAD_VALUES = [
     ("lake", ["x.pt", "--steps", "-1"], "--steps"),
     ("lake", ["x.pt", "--seed", "one"], "--seed"),
     ("exercises", ["--check=yes"], "--check"),
+    ("omniglot_study", ["run", "--device", "cuda"], "--device"),
+    ("omniglot_study", ["ablation", "--rows", "everything"], "--rows"),
+    ("gpu_session", ["--out", "o", "--data", "d"], "--device"),  # its default, cuda, on a machine without CUDA
+    ("gpu_session", ["--out", "o", "--data", "/nonexistent/omniglot", "--device", "cpu"], "--data"),
+    ("gpu_session", ["--out", "o", "--data", "d", "--device", "cpu", "--workers", "0"], "--workers"),
+    ("gpu_session", ["--out", "o", "--data", "d", "--device", "cpu", "--minutes", "0"], "--minutes"),
 ]
 
 
@@ -139,6 +147,7 @@ UNKNOWN = [  # unknown flags, and abbreviations of real ones (refused: allow_abb
     ("reproduce_sinusoid", ["--iter", "10"], "--iter"),
     ("exercises", ["--che"], "--che"),
     ("lake", ["x.pt", "--run", "3"], "--run"),
+    ("gpu_session", ["--out", "o", "--data", "d", "--device", "cpu", "--work", "2"], "--work"),
 ]
 
 

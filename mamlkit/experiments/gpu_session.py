@@ -63,25 +63,37 @@ def shell(command: list[str], log: Path, timeout: float) -> int | None:
             return None
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mamlkit.experiments.gpu_session", allow_abbrev=False,
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="folder for the logs, results and benchmark")
-    parser.add_argument("--data", required=True, help="the Omniglot folder (the two minimal background zips)")
+    parser.add_argument("--out", required=True, help="folder for the logs, results and benchmark (required)")
+    parser.add_argument("--data", required=True, help="the Omniglot folder: the two minimal background zips (required)")
     parser.add_argument("--runs-dir", default="runs/omniglot_gpu", help="the study's checkpoints (default runs/omniglot_gpu)")
     parser.add_argument("--workers", type=positive_int, default=8, help="study runs at once on the GPU (default 8)")
     parser.add_argument("--minutes", type=positive_float, default=9.0, help="the whole session's time (default 9)")
     parser.add_argument("--bench-minutes", type=positive_float, default=3.5, help="phase 1's time at most (default 3.5)")
-    parser.add_argument("--quick-bench", action="store_true", help="python -m mamlkit.bench --quick")
-    parser.add_argument("--device", type=device, default="cuda", help="cuda (default); cpu: a dry run of the plumbing")
+    parser.add_argument("--quick-bench", action="store_true", help="python -m mamlkit.bench --quick (default: the full one)")
+    parser.add_argument("--device", type=device, default="cuda",
+                        help="cuda (default); cpu: a dry run of the plumbing")
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    from ..data.omniglot import find_omniglot, load_omniglot
+
+    try:  # before anything is written
+        find_omniglot(args.data)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f"argument --data: {' '.join(str(e).split())}")
+    if Path(args.out).is_file():
+        parser.error(f"argument --out: {args.out} is a file; expected a folder (made if absent)")
     out, runs = Path(args.out), Path(args.runs_dir)
     (out / "bench").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     (out / "env.txt").write_text(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {hardware(args.device)}, "
                                  f"{os.cpu_count()} CPUs\n")
-    from ..data.omniglot import load_omniglot
-
     start = time.monotonic()
     load_omniglot(args.data)  # build the preprocessed cache once, before the workers all want it
 

@@ -403,12 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"checkpoints and results (default {RUNS_DIR})")
         if name == "table":
             p.add_argument("--records", action="store_true",
-                           help=f"read the shipped records ({RECORDS.parent.name}/{RECORDS.name}/) instead of --runs-dir")
+                           help=f"read the shipped records ({RECORDS.parent.name}/{RECORDS.name}/) instead of --runs-dir (default off)")
             continue
         if name == "record":
             continue
         if name == "ship":
-            p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings")
+            p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings (required)")
             p.add_argument("--seed", type=nonnegative_int, default=0, help="which seed's runs (default 0)")
             p.add_argument("--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=None,
                            help="ship only these runs (default: every finished one; MAML's required)")
