@@ -257,7 +257,9 @@ def test_run_parallel_runs_jobs_in_order_and_stops_them_at_the_deadline(tmp_path
 
     sleep = (sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))")
     start = time.monotonic()
-    status = study.run_parallel([["0", "0"], ["0", "3"], ["60", "0"], ["0", "0"]], 2, tmp_path / "logs",
+    from mamlkit.experiments.gpu_session import run_parallel
+
+    status = run_parallel([["0", "0"], ["0", "3"], ["60", "0"], ["0", "0"]], 2, tmp_path / "logs",
                                 program=sleep, deadline=time.monotonic() + 8)
     assert status == [0, 3, None, 0]  # the 60-second job was stopped at the deadline; the others ran
     assert time.monotonic() - start < 30
@@ -281,3 +283,15 @@ def test_the_gpu_sessions_jobs_are_valid_study_commands():
     for job in STUDY:
         parser.parse_args([*job, "--device", "cpu"])
     assert len({tuple(job) for job in STUDY}) == len(STUDY)  # no run twice
+
+
+def test_the_gpu_session_skips_runs_already_recorded(tmp_path):
+    from mamlkit.experiments.gpu_session import recorded
+
+    (tmp_path / "20w1s_maml_s1.json").write_text("{}")
+    (tmp_path / "ablation_plain_s0.json").write_text("{}")
+    job = ["run", "--settings", "20w1s", "--algorithms", "maml", "--seeds", "1"]
+    assert recorded(job, tmp_path) and not recorded([*job[:-1], "2"], tmp_path)
+    assert recorded(["ablation", "--rows", "plain", "--seeds", "0"], tmp_path)
+    assert not recorded(["ablation", "--rows", "plain", "--seeds", "1"], tmp_path)
+    assert recorded(job)  # the shipped records: made by the GPU session of 2026-12-04

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..cli import device, positive_float, positive_int
-from .omniglot_study import ROWS, ablation_table, collect, hardware, markdown, run_parallel, summarize
+from .omniglot_study import RECORDS, ROWS, ablation_table, collect, hardware, markdown, summarize
 
 
 # The study's runs in the order they are wanted: the 20-way MAML − FOMAML comparison over three seeds, the
@@ -51,6 +51,49 @@ STUDY = (
     + _runs("5w1s", ("maml_zerohead",))
     + _runs("20w1s", ("protonet",), (2,))
 )
+
+
+def recorded(job: list[str], records=RECORDS) -> bool:
+    """Whether the run a STUDY job makes is already in the shipped records (omniglot_study record)."""
+    options = dict(zip(job[1::2], job[2::2]))
+    if job[0] == "ablation":
+        name = f"ablation_{options['--rows']}_s{options['--seeds']}.json"
+    else:
+        name = f"{options['--settings']}_{options['--algorithms']}_s{options['--seeds']}.json"
+    return (Path(records) / name).is_file()
+
+
+def run_parallel(jobs: list[list[str]], workers: int, logs: Path, *, env=None, deadline: float | None = None,
+                 program: tuple[str, ...] | None = None) -> list[int | None]:
+    """Run each job (the arguments of one `omniglot_study` command) in its own process, `workers` at a time.
+
+    Jobs start in the order given (the most wanted first); each writes its output to `logs/<n>.log`.
+    At `deadline` (a time.monotonic() value) the running jobs are stopped and no more start: their
+    checkpoints keep their progress. Returns the exit statuses in the jobs' order (None: not finished).
+    Processes are started, not forked: each has its own CUDA context, so several runs share one GPU.
+    `program`: the command the jobs' arguments follow (default: omniglot_study's command line)."""
+    program = program or (sys.executable, "-m", "mamlkit.experiments.omniglot_study")
+    logs.mkdir(parents=True, exist_ok=True)
+    waiting, running, status = list(enumerate(jobs)), {}, [None] * len(jobs)
+    try:
+        while (waiting or running) and (deadline is None or time.monotonic() < deadline):
+            while waiting and len(running) < workers:
+                n, args = waiting.pop(0)
+                with open(logs / f"{n:02d}.log", "w") as log:
+                    log.write(" ".join([*program, *args]) + "\n")
+                    log.flush()
+                    running[n] = subprocess.Popen([*program, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+            for n, proc in list(running.items()):
+                if proc.poll() is not None:
+                    status[n] = proc.returncode
+                    del running[n]
+            time.sleep(1)
+    finally:  # interrupted (a deadline's SIGTERM, Ctrl-C): stop the runs, whose checkpoints keep their progress
+        for proc in running.values():
+            proc.terminate()
+        for proc in running.values():
+            proc.wait()
+    return status
 
 
 def shell(command: list[str], log: Path, timeout: float) -> int | None:
@@ -103,7 +146,7 @@ def main(argv=None) -> None:
     tests = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
                               "tests/test_gpu.py"], stdout=open(out / "test_gpu.log", "w"), stderr=subprocess.STDOUT)
     jobs = [[*job, "--device", args.device, "--threads", "1", "--data", args.data, "--runs-dir", str(runs)]
-            for job in STUDY]
+            for job in STUDY if not recorded(job)]  # a later session goes on where the records stop
     study_start = time.monotonic()
     status = run_parallel(jobs, args.workers, runs / "logs", env=env, deadline=start + 60 * args.minutes - 20)
     try:

@@ -163,42 +163,6 @@ def hardware(device: str) -> str:
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type.upper()
 
 
-def run_parallel(jobs: list[list[str]], workers: int, logs: Path, *, env=None, deadline: float | None = None,
-                 program: tuple[str, ...] | None = None) -> list[int | None]:
-    """Run each job (the arguments of one `omniglot_study` command) in its own process, `workers` at a time.
-
-    Jobs start in the order given (the most wanted first); each writes its output to `logs/<n>.log`.
-    At `deadline` (a time.monotonic() value) the running jobs are stopped and no more start: their
-    checkpoints keep their progress. Returns the exit statuses in the jobs' order (None: not finished).
-    Processes are started, not forked: each has its own CUDA context, so several runs share one GPU.
-    `program`: the command the jobs' arguments follow (default: this module's command line)."""
-    import subprocess
-    import sys
-
-    program = program or (sys.executable, "-m", "mamlkit.experiments.omniglot_study")
-    logs.mkdir(parents=True, exist_ok=True)
-    waiting, running, status = list(enumerate(jobs)), {}, [None] * len(jobs)
-    try:
-        while (waiting or running) and (deadline is None or time.monotonic() < deadline):
-            while waiting and len(running) < workers:
-                n, args = waiting.pop(0)
-                with open(logs / f"{n:02d}.log", "w") as log:
-                    log.write(" ".join([*program, *args]) + "\n")
-                    log.flush()
-                    running[n] = subprocess.Popen([*program, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-            for n, proc in list(running.items()):
-                if proc.poll() is not None:
-                    status[n] = proc.returncode
-                    del running[n]
-            time.sleep(1)
-    finally:  # interrupted (a deadline's SIGTERM, Ctrl-C): stop the runs, whose checkpoints keep their progress
-        for proc in running.values():
-            proc.terminate()
-        for proc in running.values():
-            proc.wait()
-    return status
-
-
 def collect(runs_dir=RUNS_DIR, pattern: str = "*.pt.result.json") -> list[dict]:
     """Every finished run's result under runs_dir (study runs and ablation rows; records: pattern "*.json")."""
     return [json.loads(f.read_text()) for f in sorted(Path(runs_dir).rglob(pattern))]
