@@ -123,6 +123,7 @@ BAD_VALUES = [
     ("gpu_session", ["--out", "o", "--data", "/nonexistent/omniglot", "--device", "cpu"], "--data"),
     ("gpu_session", ["--out", "o", "--data", "d", "--device", "cpu", "--workers", "0"], "--workers"),
     ("gpu_session", ["--out", "o", "--data", "d", "--device", "cpu", "--minutes", "0"], "--minutes"),
+    ("gpu_session", ["--out", "o", "--data", "d", "--device", "cpu", "--resume", "README.md"], "--resume"),
 ]
 
 

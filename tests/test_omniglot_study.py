@@ -295,3 +295,20 @@ def test_the_gpu_session_skips_runs_already_recorded(tmp_path):
     assert recorded(["ablation", "--rows", "plain", "--seeds", "0"], tmp_path)
     assert not recorded(["ablation", "--rows", "plain", "--seeds", "1"], tmp_path)
     assert recorded(job)  # the shipped records: made by the GPU session of 2026-12-04
+
+
+def test_the_gpu_session_packs_unfinished_checkpoints_and_resumes_them(tmp_path):
+    from mamlkit.experiments.gpu_session import pack, unpack
+
+    runs = tmp_path / "runs"
+    (runs / "ablation" / "plain_s1.pt.snapshots").mkdir(parents=True)
+    (runs / "logs").mkdir()
+    for name in ("20w1s_maml_s1.pt", "20w1s_maml_s1.pt.result.json", "ablation/plain_s1.pt",
+                 "ablation/plain_s1.pt.snapshots/step_000250.pt", "logs/00.log"):
+        (runs / name).write_text(name)
+    written = pack(runs, tmp_path / "study.tar.gz")
+    # the finished run's result, the log, the unfinished run's checkpoint; no finished checkpoint, no snapshot
+    assert sorted(written) == ["20w1s_maml_s1.pt.result.json", "ablation/plain_s1.pt", "logs/00.log"]
+    again = tmp_path / "next_session"
+    assert unpack(tmp_path / "study.tar.gz", again) == ["ablation/plain_s1.pt"]
+    assert (again / "ablation" / "plain_s1.pt").read_text() == "ablation/plain_s1.pt"

@@ -13,9 +13,10 @@ CUDA machine. Three phases, each bounded, so a session ends with whatever finish
 
     python -m mamlkit.experiments.gpu_session --out runs/gpu --data ../shared/omniglot --minutes 9
 
---out receives env.txt, bench/ (the benchmark's CSV, PNG and log), test_gpu.log and study.tar.gz (every
-finished run's .result.json and every run's log), which `omniglot_study record --runs-dir` reads once
-unpacked.
+--out receives env.txt, bench/ (the benchmark's CSV, PNG and log), test_gpu.log and study.tar.gz: every
+finished run's .result.json (`omniglot_study record --runs-dir` reads them once unpacked), every run's log,
+and the checkpoint of every run the deadline stopped, which `--resume study.tar.gz` continues in the next
+session (a lent GPU machine keeps nothing). Runs already in the shipped records are not run again.
 """
 from __future__ import annotations
 
@@ -96,6 +97,30 @@ def run_parallel(jobs: list[list[str]], workers: int, logs: Path, *, env=None, d
     return status
 
 
+def pack(runs: Path, tar_path: Path) -> list[str]:
+    """Write every finished run's result, every log, and the checkpoint of every unfinished run to tar_path.
+
+    The checkpoints (θ, Adam's state and the task stream, ~1.4 MB at width 64; not the θ snapshots) let
+    the next session go on where this one stopped: `--resume tar_path`. Returns the names written."""
+    def unfinished(f: Path) -> bool:
+        return ".snapshots" not in f.parent.name and not f.with_name(f.name + ".result.json").exists()
+
+    files = (sorted(runs.rglob("*.result.json")) + sorted((runs / "logs").glob("*.log"))
+             + sorted(f for f in runs.rglob("*.pt") if unfinished(f)))
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=f.relative_to(runs).as_posix())
+    return [f.relative_to(runs).as_posix() for f in files]
+
+
+def unpack(tar_path: Path, runs: Path) -> list[str]:
+    """The unfinished runs' checkpoints of an earlier session's tar_path, into runs (the rest is not needed)."""
+    with tarfile.open(tar_path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".pt")]
+        tar.extractall(runs, members=members, filter="data")  # "data": no absolute paths, no escaping runs
+    return [m.name for m in members]
+
+
 def shell(command: list[str], log: Path, timeout: float) -> int | None:
     """Run `command` with its output in `log`; None if it ran past `timeout` seconds (then it is killed)."""
     with open(log, "w") as out:
@@ -118,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick-bench", action="store_true", help="python -m mamlkit.bench --quick (default: the full one)")
     parser.add_argument("--device", type=device, default="cuda",
                         help="cuda (default); cpu: a dry run of the plumbing")
+    parser.add_argument("--resume", type=Path, default=None, metavar="TAR",
+                        help="an earlier session's study.tar.gz: its unfinished runs go on (default: none)")
     return parser
 
 
@@ -126,6 +153,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from ..data.omniglot import find_omniglot, load_omniglot
 
+    if args.resume is not None and not (args.resume.is_file() and tarfile.is_tarfile(args.resume)):
+        parser.error(f"argument --resume: expected an earlier session's study.tar.gz, got {args.resume}")
     try:  # before anything is written
         find_omniglot(args.data)
     except (FileNotFoundError, ValueError) as e:
@@ -137,6 +166,8 @@ def main(argv=None) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     (out / "env.txt").write_text(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {hardware(args.device)}, "
                                  f"{os.cpu_count()} CPUs\n")
+    if args.resume is not None:
+        print(f"resuming {len(unpack(args.resume, runs))} unfinished run(s) of {args.resume}", flush=True)
     start = time.monotonic()
     load_omniglot(args.data)  # build the preprocessed cache once, before the workers all want it
 
@@ -156,9 +187,7 @@ def main(argv=None) -> None:
     print(f"study: {sum(s == 0 for s in status)} of {len(jobs)} runs finished in "
           f"{(time.monotonic() - study_start) / 60:.1f} min", flush=True)
 
-    with tarfile.open(out / "study.tar.gz", "w:gz") as tar:
-        for f in sorted(runs.rglob("*.result.json")) + sorted((runs / "logs").glob("*.log")):
-            tar.add(f, arcname=f.relative_to(runs).as_posix())
+    pack(runs, out / "study.tar.gz")
     results = collect(runs)
     print(markdown(summarize(results)), ablation_table(results), sep="\n\n")
     bench_log = [line for line in (out / "bench" / "bench.log").read_text().splitlines() if not line.startswith("USDT")]
