@@ -27,6 +27,7 @@ from mamlkit.algorithms import (
     reptile_task_losses,
     task_losses_for,
 )
+from mamlkit.bench.baselines import finite_difference
 from mamlkit.models.conv4 import make_conv4
 
 
@@ -66,19 +67,6 @@ def grads(loss, params):
 
 def flat(d):
     return torch.cat([v.flatten() for v in d.values()])
-
-
-def finite_difference(f, params, eps=1e-6):
-    """Central differences of the scalar f(params), every entry of every tensor."""
-    out = []
-    for name, p in params.items():
-        for i in range(p.numel()):
-            def shifted(delta):
-                q = {k: v.detach().clone() for k, v in params.items()}
-                q[name].view(-1)[i] += delta
-                return f(q).item()
-            out.append((shifted(eps) - shifted(-eps)) / (2 * eps))
-    return torch.tensor(out, dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------- ANIL

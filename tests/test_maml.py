@@ -10,6 +10,7 @@ from torch import nn
 
 import mamlkit
 from mamlkit import adapt, meta_loss
+from mamlkit.bench.baselines import finite_difference
 
 
 def smooth_mlp(seed=0):
@@ -28,19 +29,6 @@ def regression_batch(tasks=3, k=5, q=7, seed=0):
 
 def flat_grad(loss, params):
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(params.values()))])
-
-
-def finite_difference(f, params, eps=1e-6):
-    """Central differences of the scalar f(params) for every entry of every parameter."""
-    out = []
-    for name, p in params.items():
-        for i in range(p.numel()):
-            def shifted(delta):
-                q = {k: v.detach().clone() for k, v in params.items()}
-                q[name].view(-1)[i] += delta
-                return f(q).item()
-            out.append((shifted(eps) - shifted(-eps)) / (2 * eps))
-    return torch.tensor(out, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("steps", [1, 3])

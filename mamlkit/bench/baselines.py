@@ -9,7 +9,8 @@ These are deliberately plain: one task after another, one inner step after anoth
 MAML code is written. They are slow on purpose and serve two roles:
 
 1. tests: `autograd_meta_loss` is written without any of mamlkit's code, so its meta-gradient is an
-   independent check of `mamlkit.meta_loss` (tests/test_baselines.py);
+   independent check of `mamlkit.meta_loss` (tests/test_baselines.py); `finite_difference` checks any
+   gradient without autograd at all (tests/test_maml.py, test_algorithms.py, test_gpu.py);
 2. benchmarks: `python -m mamlkit.bench` times them against mamlkit's vmap and loop paths.
 
 The equations, in the notebooks' symbols (θ params, α inner_lr, B tasks in the meta-batch):
@@ -103,3 +104,17 @@ def reptile_direction(model, params, support_x, support_y, *, loss_fn, inner_lr:
         for n in theta:
             total[n] += (theta[n] - fast[n].detach()) / inner_lr
     return {n: t / support_x.shape[0] for n, t in total.items()}
+
+
+def finite_difference(f, params: dict, eps: float = 1e-6) -> torch.Tensor:
+    """Central differences (f(θ + ε eⱼ) − f(θ − ε eⱼ)) / 2ε of the scalar f(params), for every entry j of
+    every tensor, flattened in the dict's order: the gradient without autograd (use float64, smooth f)."""
+    out = []
+    for name, p in params.items():
+        for i in range(p.numel()):
+            def shifted(delta):
+                q = {k: v.detach().clone() for k, v in params.items()}
+                q[name].view(-1)[i] += delta
+                return f(q).item()
+            out.append((shifted(eps) - shifted(-eps)) / (2 * eps))
+    return torch.tensor(out, dtype=torch.float64)
