@@ -15,6 +15,7 @@ checkpoint (`.result.json`), so several processes may train different runs at on
 mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap paired by seed.
 
     python -m mamlkit.experiments.omniglot_study run --settings 5w1s --algorithms maml fomaml --seeds 0 1 2
+    python -m mamlkit.experiments.omniglot_study run --settings 20w1s --seeds 1 --device cuda  # gpu_session.py: many
     python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2       # every row; --rows plain: one
     python -m mamlkit.experiments.omniglot_study table
     python -m mamlkit.experiments.omniglot_study record                       # results -> mamlkit/results/
