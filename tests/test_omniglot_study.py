@@ -256,13 +256,11 @@ def test_run_parallel_runs_jobs_in_order_and_stops_them_at_the_deadline(tmp_path
     import time
 
     sleep = (sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2]))")
-    start = time.monotonic()
     from mamlkit.experiments.gpu_session import run_parallel
 
     status = run_parallel([["0", "0"], ["0", "3"], ["60", "0"], ["0", "0"]], 2, tmp_path / "logs",
-                                program=sleep, deadline=time.monotonic() + 8)
-    assert status == [0, 3, None, 0]  # the 60-second job was stopped at the deadline; the others ran
-    assert time.monotonic() - start < 30
+                          program=sleep, deadline=time.monotonic() + 8)
+    assert status == [0, 3, None, 0]  # the 60-second job was stopped at the deadline (else 0); the others ran
     first = (tmp_path / "logs" / "02.log").read_text().splitlines()[0]
     assert first.endswith("time.sleep(float(sys.argv[1])); sys.exit(int(sys.argv[2])) 60 0")
 

@@ -9,7 +9,7 @@ CUDA machine. Three phases, each bounded, so a session ends with whatever finish
        differences, a few-shot run scored on both devices (beside phase 3: it times nothing)
     3. the study's runs (omniglot_study.py) that the 2-core CPU had not finished, most wanted first,
        `--workers` at a time on the one GPU, until --minutes have passed since the start; an unfinished
-       run keeps its checkpoint and resumes with the same command
+       run keeps its checkpoint, and `--resume` continues it in the next session
 
     python -m mamlkit.experiments.gpu_session --out runs/gpu --data ../shared/omniglot --minutes 9
 
@@ -34,14 +34,14 @@ from ..cli import device, positive_float, positive_int
 from .omniglot_study import RECORDS, ROWS, ablation_table, collect, hardware, markdown, summarize
 
 
-# The study's runs in the order they are wanted: the 20-way MAML − FOMAML comparison over three seeds, the
-# ablation table's rows for seeds 0 and 1, the paper's 20-way inner loop (five steps of α = 0.1: FOMAML's
-# dropped term is proportional to α, notebook 04), the 5-way 5-shot comparison, the ablation's seed 2, the
-# five small steps at 5-way, MAML with the zeroed head (FOMAML's fair pair), the last prototypical network.
 def _runs(setting: str, algorithms, seeds=(0, 1, 2)) -> list[list[str]]:
     return [["run", "--settings", setting, "--algorithms", a, "--seeds", str(s)] for a in algorithms for s in seeds]
 
 
+# The study's runs in the order they are wanted: the 20-way MAML − FOMAML comparison over three seeds, the
+# ablation table's rows for seeds 0 and 1, the paper's 20-way inner loop (five steps of α = 0.1: FOMAML's
+# dropped term is proportional to α, notebook 04), the 5-way 5-shot comparison, the ablation's seed 2, the
+# five small steps at 5-way, MAML with the zeroed head (FOMAML's fair pair), the last prototypical network.
 STUDY = (
     _runs("20w1s", ("maml", "fomaml"), (1, 2))
     + [["ablation", "--rows", row, "--seeds", str(s)] for s in (0, 1) for row in ROWS]
