@@ -1,5 +1,6 @@
 """Learning curves from θ snapshots; augmentation; the held-out-alphabet split."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,26 @@ def test_snapshots_and_the_learning_curve_evaluate_each_saved_theta(tmp_path, mo
     assert curves.learning_curve(path, tasks=6, progress=False)["points"] == curve["points"]
     assert json.loads((tmp_path / "run.pt.curve.json").read_text())["tasks"] == 6
     assert curves.plot_curves([curve], tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_keep_adds_earlier_curves_and_a_rerun_replaces_its_namesake(tmp_path, monkeypatch, capsys):
+    def curve(name, accuracy, tasks=200, seed=1):
+        return {"name": name, "config": {}, "tasks": tasks, "seed": seed,
+                "points": [{"step": 250, "accuracy": accuracy, "ci95": 1.0}]}
+
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps([curve("gone_s1", 90.0), curve("run", 50.0)]))
+    monkeypatch.setattr(curves, "learning_curve", lambda path, **kw: curve(Path(path).stem, 80.0))
+    curves.main(["runs/run.pt", "--keep", str(earlier), "--json", str(tmp_path / "all.json")])
+    written = json.loads((tmp_path / "all.json").read_text())
+    assert [(c["name"], c["points"][0]["accuracy"]) for c in written] == [("gone_s1", 90.0), ("run", 80.0)]
+    # refused before any evaluation: a missing file, or curves measured on other test tasks
+    monkeypatch.setattr(curves, "learning_curve", lambda *a, **k: pytest.fail("evaluated before checking --keep"))
+    for keep, message in ((tmp_path / "none.json", "no such file"), (earlier, "same --tasks and --seed")):
+        with pytest.raises(SystemExit):
+            curves.main(["runs/run.pt", "--keep", str(keep), "--tasks", "100"])
+        error = capsys.readouterr().err
+        assert "--keep" in error and message in error
 
 
 def test_learning_curve_without_snapshots_names_the_flag(tmp_path):

@@ -8,7 +8,8 @@ plots accuracy against meta-steps, one line per run:
     python -m mamlkit.experiments.curves runs/omniglot/5w1s_maml_s0.pt [more runs] --tasks 200 --png curves.png
 
 Evaluations already made are kept in `<checkpoint>.curve.json` and not repeated, so the command can run
-while training goes on (or again after it) and only evaluates the new snapshots. The curve uses the
+while training goes on (or again after it) and only evaluates the new snapshots. `--keep curves.json`
+adds the curves of an earlier `--json` (whose snapshots may be gone) to the plot and the new JSON. The curve uses the
 test tasks: it shows how accuracy evolves, and is not used to pick a checkpoint (the shipped model is
 the run's last one).
 """
@@ -78,6 +79,22 @@ def plot_curves(curves: list[dict], png_path, *, title: str | None = None) -> Pa
     return png_path
 
 
+def kept_curves(path, *, tasks: int, seed: int, parser: argparse.ArgumentParser) -> list[dict]:
+    """The curves of an earlier --json, checked before any evaluation: one plot compares the same test tasks."""
+    path = Path(path)
+    if not path.is_file():
+        parser.error(f"--keep: expected a JSON file written by --json, got {str(path)!r} (no such file)")
+    try:
+        curves = json.loads(path.read_text())
+        measured_on = {(c["tasks"], c["seed"]) for c in curves if c["points"] and c["name"]}
+    except (ValueError, TypeError, KeyError) as e:
+        parser.error(f"--keep: expected a JSON file written by --json, got {str(path)!r} ({e})")
+    if measured_on - {(tasks, seed)}:
+        parser.error(f"--keep: its curves use (tasks, seed) {sorted(measured_on)}; this run uses {(tasks, seed)}: "
+                     f"give the same --tasks and --seed")
+    return curves
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mamlkit.experiments.curves", allow_abbrev=False,
                                      description="Held-out accuracy of every snapshot of one or more runs; a plot.")
@@ -87,13 +104,18 @@ def main(argv=None) -> None:
     parser.add_argument("--png", default=None, help="where to save the plot (default: no plot)")
     parser.add_argument("--json", default=None, help="where to write all curves as one JSON (default: none)")
     parser.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
+    parser.add_argument("--keep", default=None, help="a --json file of earlier curves to plot and write with the "
+                                                     "new ones (a run evaluated here replaces its namesake)")
     args = parser.parse_args(argv)
     if args.tasks < 2:
         parser.error(f"--tasks: expected at least 2 test tasks, got {args.tasks}")
+    kept = kept_curves(args.keep, tasks=args.tasks, seed=args.seed, parser=parser) if args.keep else []
     try:
         curves = [learning_curve(c, tasks=args.tasks, seed=args.seed, data_path=args.data) for c in args.checkpoints]
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise SystemExit(f"python -m mamlkit.experiments.curves: error: {' '.join(str(e).split())}") from e
+    new = {c["name"] for c in curves}
+    curves = [c for c in kept if c["name"] not in new] + curves
     if args.png:
         print("plot:", plot_curves(curves, args.png))
     if args.json:
