@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -25,24 +26,60 @@ FORMAT = "mamlkit-checkpoint-v1"
 
 
 def _temporary_files(path: Path) -> list[Path]:
-    """The temporary files `_atomic_write` makes beside `path`: `.NAME.XXXXXXXX.tmp` (tempfile.mkstemp's 8 characters)."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    """Temporary files beside `path` that no save is still writing: `.NAME.pidP.XXXXXXXX.tmp` of a process P
+    that has ended (or untouched for a day), and `.NAME.XXXXXXXX.tmp` of older versions of this module.
+
+    The writer's pid is in the name so that a save never deletes the temporary file of another process
+    saving the same path at that moment (two runs building the same data cache at once)."""
+    ours = re.compile(re.escape(f".{path.name}.pid") + r"(\d+)\.[a-z0-9_]{8}\.tmp")
+    legacy = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
     try:
-        return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+        candidates = list(path.parent.iterdir())
     except OSError:
         return []
+    stale = []
+    for p in candidates:
+        if legacy.fullmatch(p.name):
+            stale.append(p)
+        elif (m := ours.fullmatch(p.name)) and (_process_ended(int(m.group(1))) or _untouched_for_a_day(p)):
+            stale.append(p)
+    return stale
+
+
+def _process_ended(pid: int) -> bool:
+    """True when no process `pid` runs (POSIX: signal 0 probes without sending). Elsewhere False: on
+    Windows os.kill would terminate the process, so there a torn file waits for `_untouched_for_a_day`."""
+    if pid == os.getpid():
+        return False  # this process: its own save is the one in progress
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it runs, as another user
+        return False
+    return False
+
+
+def _untouched_for_a_day(p: Path) -> bool:
+    try:
+        return time.time() - p.stat().st_mtime > 86400
+    except OSError:
+        return False
 
 
 def _atomic_write(path: str | os.PathLike, write, mode: str) -> Path:
     """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`.
 
     After the rename, the temporary files that earlier saves of `path` left behind when they were killed
-    (SIGKILL, power loss: nothing could clean up) are removed. Two processes saving the same path at the
-    same time are not supported (a run's checkpoint has one writer).
+    (SIGKILL, power loss: nothing could clean up) are removed; another process's save in progress is left
+    alone. Two processes saving the same path at the same time both succeed, and the last rename wins
+    (fine for a cache both build from the same files; a run's checkpoint has one writer).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -82,7 +119,7 @@ def check_writable(path: str | os.PathLike, name: str = "path") -> Path:
             raise ValueError(f"{name}: cannot create the folder {folder}: {existing} is not writable")
         return path
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:

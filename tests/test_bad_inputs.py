@@ -10,6 +10,7 @@ Models are tiny (an MLP of width 8, a Conv4 of width 4) so the whole table runs 
 """
 import hashlib
 import io
+import os
 import re
 import warnings
 import zipfile
@@ -36,7 +37,7 @@ from mamlkit import (
     train,
 )
 from mamlkit.bench import run as bench_run
-from mamlkit.checkpoint import atomic_save, atomic_write_text
+from mamlkit.checkpoint import atomic_save, atomic_write_text, check_writable
 from mamlkit.data import omniglot
 from mamlkit.data.augment import random_affine
 from mamlkit.data.characters import OmniglotData
@@ -759,6 +760,33 @@ def test_the_next_save_removes_temporary_files_of_interrupted_saves(tmp_path):
     atomic_save({"x": 1}, path)
     atomic_write_text("{}", tmp_path / "r.json")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".c.pt")) == [".c.pt.backup.abcd1234.tmp"]
+
+
+def test_a_save_leaves_the_temporary_file_of_another_process_saving_the_same_path(tmp_path):
+    # two runs building the same data cache at once: the first to finish must not delete the other's file
+    import subprocess
+    import sys
+    import time
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that has ended
+    ended.wait()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live "writer"
+    try:
+        path = tmp_path / "c.pt"
+        live = tmp_path / f".c.pt.pid{writer.pid}.abcd1234.tmp"
+        dead = tmp_path / f".c.pt.pid{ended.pid}.abcd1234.tmp"
+        old = tmp_path / f".c.pt.pid{writer.pid}.zzzz9999.tmp"
+        for p in (live, dead, old):
+            p.write_bytes(b"half written")
+        day_ago = time.time() - 2 * 86400
+        os.utime(old, (day_ago, day_ago))  # untouched for two days: stale whoever wrote it
+        atomic_save({"x": 1}, path)
+        assert live.exists(), "deleted the temporary file of a save still in progress in another process"
+        assert not dead.exists() and not old.exists()
+        # and the probe of check_writable survives too (it uses the same naming)
+        check_writable(path, "out")
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def _omniglot_zip(path: Path) -> Path:
