@@ -69,6 +69,20 @@ def test_keep_adds_earlier_curves_and_a_rerun_replaces_its_namesake(tmp_path, mo
         assert "--keep" in error and message in error
 
 
+def test_threads_sets_torchs_threads_and_a_bad_count_is_refused_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(curves, "learning_curve", lambda path, **kw: {"name": "run", "points": []})
+    before = torch.get_num_threads()
+    try:
+        curves.main(["runs/run.pt", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(curves, "learning_curve", lambda *a, **k: pytest.fail("evaluated with --threads 0"))
+    with pytest.raises(SystemExit):
+        curves.main(["runs/run.pt", "--threads", "0"])
+    assert "--threads" in capsys.readouterr().err
+
+
 def test_learning_curve_without_snapshots_names_the_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match="--snapshots"):
         curves.learning_curve(tmp_path / "none.pt")

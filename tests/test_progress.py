@@ -55,3 +55,18 @@ def test_a_terminal_gets_tqdm_and_a_file_gets_log_lines():
     assert list(progress_bar(range(3), file=io.StringIO())) == [0, 1, 2]
     with pytest.raises(ValueError, match="interval"):
         LogProgress(total=3, interval=0)
+
+
+def test_a_few_shot_run_logs_under_its_checkpoint_name(tmp_path, capsys):
+    # two study runs that differ only in the inner loop share config.name; their log lines must not
+    import torch
+
+    from mamlkit.experiments.fewshot import FewShotConfig, train_fewshot
+    config = FewShotConfig(n_way=3, k_shot=1, q_query=2, meta_batch_size=2, width=4, downsample="stride",
+                           iterations=2, inner_lr=0.4)
+    data = torch.randint(0, 256, (6, 4, 28, 28), dtype=torch.uint8)
+    train_fewshot(config, checkpoint_path=tmp_path / "5w1s_fomaml_5steps_s0.pt", data=data, progress=True)
+    train_fewshot(config, checkpoint_path=tmp_path / f"{config.name}.pt", data=data, progress=True)
+    first, second = capsys.readouterr().err.strip().splitlines()
+    assert first.startswith(f"5w1s_fomaml_5steps_s0 ({config.name})  2/2"), first
+    assert second.startswith(f"{config.name}  2/2"), second  # named after its config: said once

@@ -19,7 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import atomic_write_text, load_checkpoint
+from ..cli import positive_int
 from .fewshot import FewShotClassifier, evaluate_fewshot, omniglot_split, saved_config, snapshot_dir
 
 
@@ -106,9 +109,13 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
     parser.add_argument("--keep", default=None, help="a --json file of earlier curves to plot and write with the "
                                                      "new ones (a run evaluated here replaces its namesake)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's; 1 beside training runs sharing the CPU)")
     args = parser.parse_args(argv)
     if args.tasks < 2:
         parser.error(f"--tasks: expected at least 2 test tasks, got {args.tasks}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kept = kept_curves(args.keep, tasks=args.tasks, seed=args.seed, parser=parser) if args.keep else []
     try:
         curves = [learning_curve(c, tasks=args.tasks, seed=args.seed, data_path=args.data) for c in args.checkpoints]

@@ -309,9 +309,12 @@ def train_fewshot(config: FewShotConfig, *, checkpoint_path, data: torch.Tensor 
         save_checkpoint({"learner": {k: v for k, v in learner.state_dict().items() if k != "optimizer"}},
                         snapshot_dir(checkpoint_path) / f"step_{learner.step:06d}.pt")
 
+    # the log line names the run: config.name alone does not tell apart runs that differ in the inner loop,
+    # width or seed (two study runs in one log), the checkpoint's name does
+    desc = config.name if checkpoint_path.stem == config.name else f"{checkpoint_path.stem} ({config.name})"
     log = train(learner, sample, iterations=config.iterations, seed=config.seed,
                 checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, log_every=log_every,
-                progress=progress, desc=config.name, on_checkpoint=snapshot if snapshots else None)
+                progress=progress, desc=desc, on_checkpoint=snapshot if snapshots else None)
     return learner, log
 
 
