@@ -52,7 +52,9 @@ class MetaConfig:
     meta_lr: float = 1e-3  # β: Adam step size on θ (the paper: 1e-3)
     inner_steps: int = 1  # gradient steps on the support set per task during meta-training
     first_order: bool = False  # True: FOMAML, drop the Hessian term of the meta-gradient
-    learn_inner_lr: bool = False  # True: Meta-SGD, one learned α per parameter entry
+    # learned α, meta-learned with θ: True is Meta-SGD (Li et al. 2017), one α per parameter entry; "layer" is
+    # one α per parameter tensor (MAML++'s LSLR for a single inner step, Antoniou et al. 2019)
+    learn_inner_lr: bool | str = False
     batching: str = "auto"  # "vmap", "loop" or "auto" (the faster for the model and device)
     grad_clip: float | None = None  # clip ‖∇θ L_meta‖ to this norm; None: no clipping
     bf16: bool = False  # True: the meta-step's forward passes under bf16 autocast (speed.autocast_context)
@@ -69,9 +71,10 @@ class MetaConfig:
     zero_head: bool = False
 
     def __post_init__(self):
-        for name in ("first_order", "learn_inner_lr", "bf16", "zero_head"):  # "no" is truthy: never read a string as a switch
+        for name in ("first_order", "bf16", "zero_head"):  # "no" is truthy: never read a string as a switch
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        check_learn_inner_lr(self.learn_inner_lr)
         self.inner_lr = _number("inner_lr", self.inner_lr, "a positive finite float (α)", lambda v: v > 0)
         self.meta_lr = _number("meta_lr", self.meta_lr, "a positive finite float (β)", lambda v: v > 0)
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 0:
@@ -87,6 +90,13 @@ class MetaConfig:
         if self.grad_clip is not None:
             self.grad_clip = _number("grad_clip", self.grad_clip, "a positive finite float or None", lambda v: v > 0)
         algorithms.check_config(self)  # algorithm, head, multi_step_loss_steps and their combinations
+
+
+def check_learn_inner_lr(value) -> None:
+    """learn_inner_lr is False, True (Meta-SGD: α per entry) or "layer" (α per parameter tensor); TypeError else."""
+    if not (isinstance(value, bool) or value == "layer"):
+        raise TypeError(f"learn_inner_lr: expected False, True (Meta-SGD: one learned α per parameter entry) or "
+                        f"'layer' (one learned α per parameter tensor), got {value!r}")
 
 
 def _number(name: str, value, expected: str, ok: Callable[[float], bool]) -> float:
@@ -171,7 +181,10 @@ class MetaLearner:
             with torch.no_grad():
                 for p in self.head_params:
                     p.zero_()
-        if self.config.learn_inner_lr:  # Meta-SGD: α has θ's shapes and is learned by the same optimizer
+        if self.config.learn_inner_lr == "layer":  # one α per tensor: a 0-d tensor, broadcast over its entries
+            self.inner_lr = {k: torch.tensor(self.config.inner_lr, dtype=p.dtype, device=p.device, requires_grad=True)
+                             for k, p in self.params.items()}
+        elif self.config.learn_inner_lr:  # Meta-SGD: α has θ's shapes and is learned by the same optimizer
             self.inner_lr = {k: torch.full_like(p, self.config.inner_lr, requires_grad=True) for k, p in self.params.items()}
         else:
             self.inner_lr = self.config.inner_lr
@@ -312,7 +325,8 @@ class MetaLearner:
             if not isinstance(lr, Mapping) or {k: tuple(v.shape) for k, v in lr.items()} != \
                     {k: tuple(v.shape) for k, v in self.inner_lr.items()}:
                 raise ValueError(f"{where}: its inner_lr is not a learned α of this model (Meta-SGD: one tensor "
-                                 f"per parameter; MAML++: per-step α and BatchNorm)")
+                                 f"per parameter; per layer: one number per parameter; MAML++: per-step α and "
+                                 f"BatchNorm)")
 
     def load_state_dict(self, state: dict, *, where: str = "state") -> None:
         """Restore a `state_dict` (checked first, see `check_state_dict`: a mismatch changes nothing)."""

@@ -322,3 +322,47 @@ def test_zero_head_keeps_the_head_at_zero_and_follows_the_bodys_meta_gradient(fi
     assert config.variant == ("fomaml" if first_order else "maml") + "_zerohead"
     with pytest.raises(ValueError, match="zero_head"):
         FewShotConfig(algorithm="protonet", inner_steps=0, test_steps=1, zero_head=True)
+
+
+def test_a_per_layer_alpha_gets_the_meta_gradient_of_finite_differences_and_of_meta_sgd_summed():
+    # learn_inner_lr="layer": θ' = θ − α_l ∇θ L for every entry of layer l. Two independent references for
+    # ∂L_meta/∂α_l: central finite differences in float64, and the chain rule through Meta-SGD's per-entry α
+    # (every entry of layer l equal to α_l, so ∂L/∂α_l = Σ over those entries of ∂L/∂α_entry)
+    torch.manual_seed(0)
+    model = make_mlp(hidden=8).double()
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    batch = [t.double() for t in sampler(torch.Generator().manual_seed(1))]
+    rates = {k: 0.01 * (i + 1) for i, k in enumerate(params)}  # a different α per layer
+
+    def loss_at(alpha):
+        return meta_loss(model, params, *batch, loss_fn=F.mse_loss, inner_lr=alpha, steps=2)
+
+    layer = {k: torch.tensor(r, dtype=torch.float64, requires_grad=True) for k, r in rates.items()}
+    g_layer = torch.autograd.grad(loss_at(layer), list(layer.values()))
+    entry = {k: torch.full_like(p, rates[k], requires_grad=True) for k, p in params.items()}
+    g_entry = torch.autograd.grad(loss_at(entry), list(entry.values()))
+    for (k, g), ge in zip(zip(layer, g_layer), g_entry):
+        assert g.shape == ()
+        torch.testing.assert_close(g, ge.sum(), rtol=1e-10, atol=1e-12)
+        h = 1e-6
+        up = {j: torch.tensor(rates[j] + (h if j == k else 0.0), dtype=torch.float64) for j in rates}
+        down = {j: torch.tensor(rates[j] - (h if j == k else 0.0), dtype=torch.float64) for j in rates}
+        fd = (loss_at(up) - loss_at(down)).item() / (2 * h)
+        assert g.item() == pytest.approx(fd, rel=1e-5, abs=1e-9), k
+
+
+def test_a_learner_with_per_layer_alpha_learns_one_number_per_tensor_and_resumes_exactly(tmp_path):
+    straight = make_learner(learn_inner_lr="layer", meta_lr=1e-2)
+    assert all(v.shape == () and v.item() == pytest.approx(0.01) for v in straight.inner_lr.values())
+    train(straight, sampler, iterations=20, seed=3, progress=False)
+    assert all(v.item() != pytest.approx(0.01) for v in straight.inner_lr.values())  # each α moved
+    ckpt = tmp_path / "run.pt"
+    first = make_learner(learn_inner_lr="layer", meta_lr=1e-2)
+    train(first, sampler, iterations=10, seed=3, checkpoint_path=ckpt, checkpoint_every=5, progress=False)
+    resumed = make_learner(seed=7, learn_inner_lr="layer", meta_lr=1e-2)
+    train(resumed, sampler, iterations=20, seed=3, checkpoint_path=ckpt, checkpoint_every=5, progress=False)
+    assert torch.equal(params_of(resumed), params_of(straight))
+    assert all(torch.equal(resumed.inner_lr[k], straight.inner_lr[k]) for k in straight.inner_lr)
+    with pytest.raises(ValueError, match="learn_inner_lr"):  # Meta-SGD's checkpoint is another experiment
+        train(make_learner(learn_inner_lr=True, meta_lr=1e-2), sampler, iterations=30, checkpoint_path=ckpt,
+              progress=False)

@@ -95,7 +95,7 @@ class FewShotConfig:
     first_order_steps: int = 0  # derivative-order annealing: the first meta-steps are first order
     # beyond MAML (algorithms/): "maml", "anil", "mamlpp", "reptile", "protonet" or "protomaml"
     algorithm: str = "maml"
-    learn_inner_lr: bool = False  # True: Meta-SGD, a learned α per parameter entry
+    learn_inner_lr: bool | str = False  # True: Meta-SGD, a learned α per parameter entry; "layer": per tensor
     multi_step_loss_steps: int = 7500  # MAML++ only: meta-steps over which the multi-step loss anneals
     zero_head: bool = False  # the zeroing trick (Kao et al. 2022): the head is 0 and not meta-learned
 
@@ -120,7 +120,7 @@ class FewShotConfig:
         _positive_int("test_steps", self.test_steps)
         if self.split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {self.split!r}")
-        for name in ("first_order", "bf16", "augment", "learn_inner_lr", "zero_head"):
+        for name in ("first_order", "bf16", "augment", "zero_head"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.downsample not in DOWNSAMPLES:
@@ -147,7 +147,9 @@ class FewShotConfig:
         name = self.algorithm
         if self.first_order:
             name = "fomaml" if name == "maml" else name + "_first_order"
-        if self.learn_inner_lr:
+        if self.learn_inner_lr == "layer":
+            name += "_layerlr"
+        elif self.learn_inner_lr:
             name = "metasgd" if name == "maml" else name + "_metasgd"
         return name + ("_zerohead" if self.zero_head else "")
 

@@ -94,8 +94,13 @@ ABLATION = {
     "recipe (both)": {},
     "recipe, width 32": dict(width=32),
     "recipe + first-order warm-up (first quarter)": dict(first_order_steps=None),  # set from iterations
+    # learned α, meta-learned with θ from α = 0.4 (and tested, like every row, with 3 steps of it). The multi-step
+    # loss, the other MAML++ choice, is no row: with one inner step it is the ordinary query loss
+    "recipe + learned α per layer": dict(learn_inner_lr="layer"),
+    "recipe + learned α per entry (Meta-SGD)": dict(learn_inner_lr=True),
 }
-ROWS = dict(zip(("plain", "augment", "cosine", "recipe", "width32", "warmup"), ABLATION))  # --rows: one command a row
+ROWS = dict(zip(("plain", "augment", "cosine", "recipe", "width32", "warmup", "layer_alpha", "metasgd"),
+                ABLATION))  # --rows: one command a row
 TEST_TASKS, TEST_SEED = 600, 1
 
 
