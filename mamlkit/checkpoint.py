@@ -48,7 +48,7 @@ def _temporary_files(path: Path) -> list[Path]:
 
 def _process_ended(pid: int) -> bool:
     """True when no process `pid` runs (POSIX: signal 0 probes without sending). Elsewhere False: on
-    Windows os.kill would terminate the process, so there a torn file waits for `_untouched_for_a_day`."""
+    Windows os.kill(pid, 0) sends a Ctrl-C event, so there a torn file waits for `_untouched_for_a_day`."""
     if pid == os.getpid():
         return False  # this process: its own save is the one in progress
     if os.name != "posix":
