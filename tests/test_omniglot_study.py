@@ -67,6 +67,32 @@ def test_train_and_evaluate_writes_its_result_once(tmp_path, monkeypatch):
     assert study.collect(tmp_path) == [result]
 
 
+def test_a_learned_alpha_run_records_each_layers_alpha_and_its_accuracy_at_the_training_steps(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(12, 20, 28, 28, generator=g) > 0.7).to(torch.uint8) * 255
+    names = [f"A/character{i:02d}" for i in range(12)]
+    split = (OmniglotData(images, names, "p"), OmniglotData(images[:8], names[:8], "train"),
+             OmniglotData(images[8:], names[8:], "test"))
+    monkeypatch.setattr(study, "omniglot_split", lambda path=None, **kw: split)
+    config = FewShotConfig(n_way=3, k_shot=1, q_query=2, meta_batch_size=2, width=8, iterations=3, inner_lr=0.4,
+                           learn_inner_lr="layer", test_steps=3)
+    path = tmp_path / "run.pt"
+    result = study.train_and_evaluate(config, path, tasks=5, progress=False)
+    # independently: the checkpoint's α, and the accuracy after 1 step (its training steps) on the same tasks
+    classifier = study.FewShotClassifier.from_checkpoint(path)
+    assert result["learned_inner_lr"] == {k: round(v.item(), 4) for k, v in classifier.inner_lr.items()}
+    assert any(v != 0.4 for v in result["learned_inner_lr"].values())  # learned: some α moved
+    accuracy, _ = study.evaluate_fewshot(classifier, images[8:], n_way=3, k_shot=1, tasks=5, steps=1, seed=study.TEST_SEED)
+    assert (result["train_steps"], result["accuracy_train_steps"]) == (1, round(100 * accuracy, 2))
+    # a result written before these fields gets them on the next call, without training again
+    old = {k: v for k, v in result.items() if k not in ("learned_inner_lr", "accuracy_train_steps",
+                                                        "ci95_train_steps", "train_steps")}
+    (tmp_path / "run.pt.result.json").write_text(json.dumps(old))
+    monkeypatch.setattr(study, "train_fewshot", lambda *a, **k: pytest.fail("trained a finished run again"))
+    assert study.train_and_evaluate(config, path, tasks=5, progress=False) == result
+    assert json.loads((tmp_path / "run.pt.result.json").read_text()) == result
+
+
 def test_ablation_rows_run_one_command_each(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(study, "train_and_evaluate", lambda config, path, row=None, **kw: calls.append((row, config)))

@@ -130,6 +130,10 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
     if result_file.is_file():
         result = json.loads(result_file.read_text())
         if saved_config(result["config"]) == asdict(config) and result["test_tasks"] == tasks:
+            if config.learn_inner_lr and "learned_inner_lr" not in result:  # a result written before these fields
+                _, _, test_set = omniglot_split(data_path, split=config.split, glyphs_fallback=False)
+                result.update(learned_inner_lr_fields(config, checkpoint, test_set, tasks))
+                atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", result_file)
             return result  # done before: the same run, evaluated the same way
     from ..data.omniglot import rotate_classes
 
@@ -150,6 +154,8 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
               "train_seconds": round(state.get("seconds", 0.0), 1) if "seconds" in state else None,
               "train_seconds_from_step": state.get("seconds_from_step"),
               "threads": torch.get_num_threads(), "hardware": hardware(config.device), "row": row}
+    if config.learn_inner_lr:
+        result.update(learned_inner_lr_fields(config, checkpoint, test_set, tasks))
     if config.n_way == 20 and config.split == "alphabets":
         from .lake import evaluate_within_alphabet
 
@@ -161,6 +167,17 @@ def train_and_evaluate(config: FewShotConfig, checkpoint: Path, *, tasks: int = 
               + (f"; Lake 20-way within-alphabet error {result['lake_error']:.1f} %" if "lake_error" in result else ""),
               flush=True)
     return result
+
+
+def learned_inner_lr_fields(config: FewShotConfig, checkpoint: Path, test_set, tasks: int) -> dict:
+    """For a run that learned α: the mean learned α of each parameter tensor (per layer: its one α), and the
+    accuracy after the `inner_steps` it was trained with, beside the accuracy after `test_steps` (every row's)."""
+    classifier = FewShotClassifier.from_checkpoint(checkpoint)
+    alpha = {k: round(v.detach().double().mean().item(), 4) for k, v in classifier.inner_lr.items()}
+    accuracy, ci95 = evaluate_fewshot(classifier, test_set.images, n_way=config.n_way, k_shot=config.k_shot,
+                                      tasks=tasks, steps=config.inner_steps, seed=TEST_SEED)
+    return {"learned_inner_lr": alpha, "accuracy_train_steps": round(100 * accuracy, 2),
+            "ci95_train_steps": round(100 * ci95, 2), "train_steps": config.inner_steps}
 
 
 def hardware(device: str) -> str:
