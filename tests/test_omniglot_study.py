@@ -201,6 +201,25 @@ def test_record_copies_results_and_refuses_to_replace_a_different_one(tmp_path):
     assert (records / "20w1s_maml_s0.json").read_text() == before and not (records / "5w1s_maml_s2.json").exists()
 
 
+def test_record_updates_a_record_whose_run_gained_fields_and_keeps_a_richer_one(tmp_path):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    runs.mkdir()
+    result = fake_result("5w1s", "maml", 0, 96.0)
+    source = runs / "5w1s_maml_s0.pt.result.json"
+    source.write_text(json.dumps(result))
+    assert [p.name for p in study.record(runs, records)] == ["5w1s_maml_s0.json"]
+    gained = {**result, "learned_inner_lr": {"head.weight": 0.77}}  # filled in after the first record
+    source.write_text(json.dumps(gained))
+    assert [p.name for p in study.record(runs, records)] == ["5w1s_maml_s0.json"]
+    assert json.loads((records / "5w1s_maml_s0.json").read_text()) == gained
+    source.write_text(json.dumps(result))  # a result poorer than its record: the record keeps its field
+    assert study.record(runs, records) == []
+    assert json.loads((records / "5w1s_maml_s0.json").read_text()) == gained
+    source.write_text(json.dumps({**gained, "learned_inner_lr": {"head.weight": 0.5}, "threads": 1}))  # a field changed
+    assert study.record(runs, records) == []
+    assert json.loads((records / "5w1s_maml_s0.json").read_text()) == gained
+
+
 def test_the_shipped_records_make_the_table():
     results = study.collect(study.RECORDS, "*.json")
     assert {r["checkpoint"] for r in results} >= {"5w1s_maml_s0.pt", "20w1s_maml_s0.pt"}

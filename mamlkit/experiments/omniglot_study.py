@@ -24,7 +24,7 @@ mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap pai
 
 `record` copies every finished run's result (not its checkpoint) into mamlkit/results/omniglot_study/, so
 the README's tables can be re-made from a fresh clone with `table --records`; it refuses to replace a
-record by a different result of the same name.
+record by a different result of the same name (a result that only gained fields updates its record).
 
 `ship` replaces the shipped checkpoint of each setting (mamlkit/weights/, what `load_pretrained` returns) by
 the study's MAML run of `--seed` (and the prototypical network's, `load_pretrained(..., algorithm="protonet")`),
@@ -194,7 +194,8 @@ def collect(runs_dir=RUNS_DIR, pattern: str = "*.pt.result.json") -> list[dict]:
 def record(runs_dir=RUNS_DIR, records=RECORDS) -> list[Path]:
     """Copy every finished result under runs_dir into `records` (one JSON per run); return the files written.
 
-    Refused (ValueError, before anything is written) where a record of the same name holds another result."""
+    Refused (ValueError, before anything is written) where a record of the same name holds another result.
+    A record of the same run is rewritten only where the result has gained fields and changed none."""
     todo = []
     row_key = {row: key for key, row in ROWS.items()}
     for f in sorted(Path(runs_dir).rglob("*.pt.result.json")):
@@ -209,7 +210,10 @@ def record(runs_dir=RUNS_DIR, records=RECORDS) -> list[Path]:
             if (saved_config(old["config"]), old["accuracy"]) != (saved_config(result["config"]), result["accuracy"]):
                 raise ValueError(f"runs_dir: {f} differs from the record {out} (another configuration or result); "
                                  f"remove the record first if the new run is meant to replace it")
-            continue
+            # the same run: rewritten only where its result gained fields (learned α filled in later), every
+            # field the record holds unchanged; a record richer than the result is kept
+            if old == result or any(result.get(k, object()) != v for k, v in old.items()):
+                continue
         todo.append((result, out))
     for result, out in todo:
         atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", out)
