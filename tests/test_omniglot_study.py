@@ -106,6 +106,26 @@ def test_ablation_rows_run_one_command_each(tmp_path, monkeypatch):
     assert list(study.ROWS.values()) == list(study.ABLATION)  # every row has its key
 
 
+def test_the_characters_row_changes_only_the_split_and_trains_and_tests_on_it(tmp_path, monkeypatch):
+    row = study.ROWS["characters"]
+    config = study.config_for("5w1s", "maml", 0, **study.ABLATION[row])
+    recipe = study.config_for("5w1s", "maml", 0)
+    from dataclasses import asdict
+
+    assert {k for k, v in asdict(config).items() if asdict(recipe)[k] != v} == {"split"}
+    assert config.split == "characters" and recipe.split == "alphabets"
+    seen = []  # which split train_and_evaluate reads: the row's, for training and for the test tasks
+
+    def split(path=None, *, glyphs_fallback=True, split="alphabets"):
+        seen.append(split)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(study, "omniglot_split", split)
+    with pytest.raises(FileNotFoundError, match="stop here"):
+        study.train_and_evaluate(config, tmp_path / "c.pt", progress=False, row=row)
+    assert seen == ["characters"]
+
+
 def test_command_line_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         study.main(["run", "--settings", "5w2s"])
