@@ -106,6 +106,16 @@ def test_ablation_rows_run_one_command_each(tmp_path, monkeypatch):
     assert list(study.ROWS.values()) == list(study.ABLATION)  # every row has its key
 
 
+def test_an_ablation_row_is_never_a_study_run_even_with_the_study_s_length():
+    row = study.ROWS["steps5"]  # the same configuration as the study's maml_5steps when run for 8,000 steps
+    results = [fake_result("5w1s", "maml", 0, 97.0, row=row, **study.ABLATION[row]),
+               fake_result("5w1s", "maml", 0, 96.0)]
+    assert results[0]["config"]["iterations"] == 8000 and results[0]["config"]["inner_steps"] == 5
+    summary = study.summarize(results)
+    assert list(summary) == ["5w1s maml"] and summary["5w1s maml"]["mean"] == 96.0
+    assert row in study.ablation_table(results)
+
+
 def test_the_characters_row_changes_only_the_split_and_trains_and_tests_on_it(tmp_path, monkeypatch):
     row = study.ROWS["characters"]
     config = study.config_for("5w1s", "maml", 0, **study.ABLATION[row])
