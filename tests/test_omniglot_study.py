@@ -136,6 +136,31 @@ def test_the_characters_row_changes_only_the_split_and_trains_and_tests_on_it(tm
     assert seen == ["characters"]
 
 
+def test_runs_on_the_paper_s_split_are_rows_of_their_own_with_their_own_gaps(tmp_path, monkeypatch):
+    results = [fake_result("5w1s", a, s, acc, split="characters")
+               for a, s, acc in (("maml", 0, 97.2), ("maml", 1, 97.4), ("fomaml", 0, 96.0), ("fomaml", 1, 96.6))]
+    results += [fake_result("5w1s", "maml", 0, 96.0), fake_result("5w1s", "fomaml", 0, 92.0)]
+    summary = study.summarize(results)
+    assert summary["5w1s maml"]["by_seed"] == {0: 96.0}  # the unseen-alphabet run, not averaged with the others
+    assert summary["5w1s maml (paper's split)"]["by_seed"] == {0: 97.2, 1: 97.4}
+    assert summary["5w1s gap maml − fomaml"]["mean"] == 4.0  # paired within its split only
+    assert summary["5w1s gap maml − fomaml (paper's split)"]["mean"] == pytest.approx(1.0)  # (1.2 + 0.8) / 2
+    assert list(summary)[:4] == ["5w1s fomaml", "5w1s maml", "5w1s fomaml (paper's split)", "5w1s maml (paper's split)"]
+    # its own checkpoint folder, so an unseen-alphabet run of the same name is never resumed as this one
+    assert study.run_path("r", "5w1s", "maml", 0, split="characters").as_posix() == "r/characters/5w1s_maml_s0.pt"
+    with pytest.raises(ValueError, match="split: expected one of"):
+        study.run_path("r", "5w1s", "maml", 0, split="drawers")
+    seen = []  # `run --split characters` trains and tests on that split, in that folder
+
+    def train(config, path, **kw):
+        seen.append((config.split, path.relative_to(tmp_path).as_posix()))
+        return fake_result("5w1s", "maml", 0, 97.0, split="characters")
+
+    monkeypatch.setattr(study, "train_and_evaluate", train)
+    study.main(["run", "--settings", "5w1s", "--algorithms", "maml", "--split", "characters", "--runs-dir", str(tmp_path)])
+    assert seen == [("characters", "characters/5w1s_maml_s0.pt")]
+
+
 def test_command_line_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         study.main(["run", "--settings", "5w2s"])
@@ -368,6 +393,21 @@ def test_the_gpu_session_skips_runs_already_recorded(tmp_path):
     assert recorded(["ablation", "--rows", "plain", "--seeds", "0"], tmp_path)
     assert not recorded(["ablation", "--rows", "plain", "--seeds", "1"], tmp_path)
     assert recorded(job)  # the shipped records: made by the GPU session of 2026-12-04
+
+
+def test_the_gpu_session_knows_the_record_of_a_run_on_the_paper_s_split(tmp_path):
+    from mamlkit.experiments.gpu_session import STUDY, recorded
+
+    job = ["run", "--settings", "5w1s", "--algorithms", "maml", "--seeds", "0", "--split", "characters"]
+    assert job in STUDY
+    path = study.run_path(tmp_path / "runs", "5w1s", "maml", 0, split="characters")
+    path.parent.mkdir(parents=True)
+    path.with_name(path.name + ".result.json").write_text(json.dumps(fake_result("5w1s", "maml", 0, 97.0,
+                                                                                  split="characters")))
+    assert not recorded(job, tmp_path / "records")
+    (tmp_path / "records").mkdir()
+    study.record(tmp_path / "runs", tmp_path / "records")  # the name record() gives it is the one recorded() reads
+    assert recorded(job, tmp_path / "records") and not recorded(job[:-2], tmp_path / "records")
 
 
 def test_the_gpu_session_packs_unfinished_checkpoints_and_resumes_them(tmp_path):

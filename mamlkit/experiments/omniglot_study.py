@@ -16,6 +16,7 @@ mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap pai
 
     python -m mamlkit.experiments.omniglot_study run --settings 5w1s --algorithms maml fomaml --seeds 0 1 2
     python -m mamlkit.experiments.omniglot_study run --settings 20w1s --seeds 1 --device cuda  # gpu_session.py: many
+    python -m mamlkit.experiments.omniglot_study run --settings 5w1s --split characters  # tested on the paper's split
     python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2       # every row; --rows plain: one
     python -m mamlkit.experiments.omniglot_study table
     python -m mamlkit.experiments.omniglot_study record                       # results -> mamlkit/results/
@@ -27,7 +28,7 @@ the README's tables can be re-made from a fresh clone with `table --records`; it
 record by a different result of the same name (a result that only gained fields updates its record).
 
 `ship` replaces the shipped checkpoint of each setting (mamlkit/weights/, what `load_pretrained` returns) by
-the study's MAML run of `--seed` (and the prototypical network's, `load_pretrained(..., algorithm="protonet")`),
+the study's MAML run of `--seed` on unseen alphabets (and the prototypical network's, `load_pretrained(..., algorithm="protonet")`),
 and that setting's rows of the shipped table by the study's results; it refuses a run shorter than the row it would replace, and settings not named keep theirs.
 """
 from __future__ import annotations
@@ -111,6 +112,10 @@ ROWS = dict(zip(("plain", "augment", "cosine", "recipe", "width32", "warmup", "l
                  "characters"),
                 ABLATION))  # --rows: one command a row
 TEST_TASKS, TEST_SEED = 600, 1
+# The study's two tests (`run --split`). "alphabets" (RECIPE's): whole alphabets never seen in meta-training,
+# also Lake et al.'s new-alphabet test. "characters": Finn et al.'s split, random held-out characters of alphabets
+# seen in meta-training (omniglot.py). A run on the paper's split is its own row, named with this suffix.
+SPLITS = {"alphabets": "", "characters": " (paper's split)"}
 
 
 def config_for(setting: str, algorithm: str, seed: int, **changes) -> FewShotConfig:
@@ -125,9 +130,15 @@ def config_for(setting: str, algorithm: str, seed: int, **changes) -> FewShotCon
     return FewShotConfig(seed=seed, **values)
 
 
-def run_path(runs_dir, setting: str, algorithm: str, seed: int, row: str | None = None) -> Path:
+def run_path(runs_dir, setting: str, algorithm: str, seed: int, row: str | None = None,
+             split: str = "alphabets") -> Path:
+    """Where a run's checkpoint lives: study runs by name (the paper's split in a folder of its own), ablation
+    rows under ablation/ by their row's name."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {sorted(SPLITS)}, got {split!r}")
     if row is None:
-        return Path(runs_dir) / f"{setting}_{algorithm}_s{seed}.pt"
+        folder = Path(runs_dir) if split == "alphabets" else Path(runs_dir) / split
+        return folder / f"{setting}_{algorithm}_s{seed}.pt"
     slug = "".join(c if c.isalnum() else "_" for c in row).strip("_")
     return Path(runs_dir) / "ablation" / f"{slug}_s{seed}.pt"
 
@@ -230,17 +241,18 @@ def record(runs_dir=RUNS_DIR, records=RECORDS) -> list[Path]:
 
 
 def summarize(results: list[dict]) -> dict:
-    """Mean ± sd over seeds per (setting, algorithm), and the MAML − FOMAML gap paired by seed.
+    """Mean ± sd over seeds per (setting, algorithm, split), and the MAML − FOMAML gap paired by seed.
 
-    Each row also carries the meta-steps, the mean training minutes of the runs that recorded them and, for
-    20-way runs, the mean ± sd of Lake et al.'s within-alphabet error."""
+    Runs on the paper's split (characters) are rows of their own, named with SPLITS' suffix; gaps pair runs of
+    one split. Each row also carries the meta-steps, the mean training minutes of the runs that recorded them
+    and, for 20-way runs, the mean ± sd of Lake et al.'s within-alphabet error."""
     groups: dict[tuple, dict[int, float]] = {}
     extra: dict[tuple, dict[str, list]] = {}
     for r in results:
         if r.get("row"):
             continue  # an ablation row, whatever its configuration (ablation_table)
         c = saved_config(r["config"])
-        if any(c.get(k) != v for k, v in RECIPE.items()) or c["first_order_steps"] \
+        if any(c.get(k) != v for k, v in RECIPE.items() if k != "split") or c["first_order_steps"] \
                 or c["algorithm"] not in ("maml", "protonet") or c["learn_inner_lr"]:
             continue  # an ablation row (or a run of another algorithm), not a study run
         setting = next((s for s, v in SETTINGS.items()  # (the inner loop may be the algorithm's: *_5steps)
@@ -252,9 +264,10 @@ def summarize(results: list[dict]) -> dict:
             + ("_5steps" if five else "")
         if c["algorithm"] == "protonet":
             name = "protonet"
-        if name in ALGORITHMS:
-            groups.setdefault((setting, name), {})[c["seed"]] = r["accuracy"]
-            more = extra.setdefault((setting, name), {"iterations": set(), "minutes": {}, "lake": []})
+        if name in ALGORITHMS and c["split"] in SPLITS:
+            key = (setting, c["split"], name)
+            groups.setdefault(key, {})[c["seed"]] = r["accuracy"]
+            more = extra.setdefault(key, {"iterations": set(), "minutes": {}, "lake": []})
             more["iterations"].add(c["iterations"])
             if r.get("train_seconds") is not None and not r.get("train_seconds_from_step"):
                 on = r.get("hardware", "CPU")  # runs recorded before "hardware" ran on the CPU
@@ -268,19 +281,21 @@ def summarize(results: list[dict]) -> dict:
                 else None, "seeds": len(values)}
 
     summary = {}
-    for (s, a), v in sorted(groups.items(), key=lambda item: (list(SETTINGS).index(item[0][0]), item[0][1])):
-        more = extra[(s, a)]
+    order = lambda key: (list(SETTINGS).index(key[0]), list(SPLITS).index(key[1]), key[2])  # noqa: E731
+    for (s, split, a), v in sorted(groups.items(), key=lambda item: order(item[0])):
+        more = extra[(s, split, a)]
         minutes = {on: round(statistics.fmean(m), 1) for on, m in sorted(more["minutes"].items())}
-        summary[f"{s} {a}"] = {**mean_sd(v.values()), "by_seed": v, "iterations": sorted(more["iterations"]),
+        summary[f"{s} {a}{SPLITS[split]}"] = {**mean_sd(v.values()), "by_seed": v, "iterations": sorted(more["iterations"]),
                                "minutes": minutes.pop("CPU", None), "gpu_minutes": minutes,  # GPU name -> minutes
                                "lake": mean_sd(more["lake"]) if more["lake"] else None}
     for setting in SETTINGS:
-        for a, b in PAIRS:
-            first, second = groups.get((setting, a), {}), groups.get((setting, b), {})
-            paired = sorted(set(first) & set(second))
-            if paired:
-                gaps = [first[s] - second[s] for s in paired]
-                summary[f"{setting} gap {a} − {b}"] = {**mean_sd(gaps), "paired_seeds": paired}
+        for split, suffix in SPLITS.items():
+            for a, b in PAIRS:
+                first, second = groups.get((setting, split, a), {}), groups.get((setting, split, b), {})
+                paired = sorted(set(first) & set(second))
+                if paired:
+                    gaps = [first[s] - second[s] for s in paired]
+                    summary[f"{setting} gap {a} − {b}{suffix}"] = {**mean_sd(gaps), "paired_seeds": paired}
     return summary
 
 
@@ -425,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="which settings (default all)")
             p.add_argument("--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=["maml", "fomaml"],
                            help="which algorithms (default maml fomaml; *_zerohead: the zeroing trick)")
+            p.add_argument("--split", choices=list(SPLITS), default="alphabets",
+                           help="the test: whole unseen alphabets (default) or held-out characters of the "
+                                "training alphabets, the paper's split (its runs go to <runs-dir>/characters/)")
         else:
             p.add_argument("--iterations", type=positive_int, default=4000,
                            help="meta-steps of every ablation row (default 4000)")
@@ -446,7 +464,8 @@ def main(argv=None) -> None:
             if args.threads:
                 torch.set_num_threads(args.threads)
             if args.command == "run":
-                jobs = [(config_for(s, a, seed, device=args.device), run_path(args.runs_dir, s, a, seed))
+                jobs = [(config_for(s, a, seed, device=args.device, split=args.split),
+                         run_path(args.runs_dir, s, a, seed, split=args.split))
                         for seed in args.seeds for s in args.settings for a in args.algorithms]
                 jobs = [(None, *job) for job in jobs]
             else:
