@@ -281,8 +281,11 @@ def summarize(results: list[dict]) -> dict:
                 else None, "seeds": len(values)}
 
     summary = {}
-    order = lambda key: (list(SETTINGS).index(key[0]), list(SPLITS).index(key[1]), key[2])  # noqa: E731
-    for (s, split, a), v in sorted(groups.items(), key=lambda item: order(item[0])):
+    def order(item):  # setting, then split (unseen alphabets first), then algorithm
+        (setting, split, name), _ = item
+        return list(SETTINGS).index(setting), list(SPLITS).index(split), name
+
+    for (s, split, a), v in sorted(groups.items(), key=order):
         more = extra[(s, split, a)]
         minutes = {on: round(statistics.fmean(m), 1) for on, m in sorted(more["minutes"].items())}
         summary[f"{s} {a}{SPLITS[split]}"] = {**mean_sd(v.values()), "by_seed": v, "iterations": sorted(more["iterations"]),
