@@ -55,6 +55,7 @@ STUDY = (
     + _runs("5w1s", ("maml_zerohead",))
     + _runs("20w1s", ("protonet",), (2,))
     + _runs("5w1s", ("maml", "fomaml"), split="characters") + _runs("5w5s", ("maml", "fomaml"), split="characters")
+    + _runs("20w1s", ("maml", "fomaml_5steps", "protonet"), split="characters")  # the 90 % target's own test
 )
 
 
