@@ -75,6 +75,14 @@ def test_every_option_has_help_with_its_default(command):
                 assert ("default" in text) if not action.required else ("required" in text), f"{what}: {action.help!r}"
 
 
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_text_shows_no_format_escapes(command):
+    """argparse %-formats option help but not a description: "95%%" there is printed as is."""
+    for name, parser in all_parsers(COMMANDS[command][0](), command):
+        text = parser.format_help()
+        assert "%%" not in text and "%(" not in text, f"{name}: a format escape in its help:\n{text}"
+
 BAD_VALUES = [
     ("fewshot", ["train", "--threads", "0"], "--threads"),
     ("fewshot", ["train", "--k-shot", "0"], "--k-shot"),

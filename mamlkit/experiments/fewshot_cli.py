@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy on 600 test tasks with a 95%% confidence interval",
                        allow_abbrev=False, description="Accuracy of a checkpoint on held-out test tasks, with its "
-                                                       "95%% confidence interval.")
+                                                       "95% confidence interval.")
     e.add_argument("path", help="a checkpoint of `train` (or one of mamlkit/weights/)")
     e.add_argument("--tasks", type=int_at_least(2), default=600,
                    help="test tasks, at least 2 for a confidence interval (default 600)")
