@@ -89,3 +89,29 @@ def chromium(tmp_path):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def device_reads(monkeypatch):
+    """count(fn) runs fn and returns the names of every device-to-Python read it made.
+
+    Every way a value travels from the device to Python: .item(), .tolist(), bool(), float(), int(); each one
+    synchronises a GPU, so a meta-step should make at most one.
+    """
+    import torch
+
+    def count(fn):
+        reads = []
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+                original = getattr(torch.Tensor, name)
+
+                def counted(self, *args, _original=original, _name=name, **kwargs):
+                    reads.append(_name)
+                    return _original(self, *args, **kwargs)
+
+                m.setattr(torch.Tensor, name, counted)
+            fn()
+        return reads
+
+    return count
