@@ -425,3 +425,66 @@ def test_the_gpu_session_packs_unfinished_checkpoints_and_resumes_them(tmp_path)
     again = tmp_path / "next_session"
     assert unpack(tmp_path / "study.tar.gz", again) == ["ablation/plain_s1.pt"]
     assert (again / "ablation" / "plain_s1.pt").read_text() == "ablation/plain_s1.pt"
+
+
+def test_retest_tests_finished_runs_again_on_the_same_tasks_and_adds_rows(tmp_path, monkeypatch, capsys):
+    g = torch.Generator().manual_seed(1)
+    protos = (torch.rand(12, 1, 7, 7, generator=g) > 0.6).float().repeat_interleave(4, 2).repeat_interleave(4, 3)
+    images = ((protos != (torch.rand(12, 20, 28, 28, generator=g) < 0.1).float()).float() * 255).to(torch.uint8)
+    names = [f"A/character{i:02d}" for i in range(12)]
+    split = (OmniglotData(images, names, "p"), OmniglotData(images[:7], names[:7], "train"),
+             OmniglotData(images[7:], names[7:], "test"))
+    monkeypatch.setattr(study, "omniglot_split", lambda path=None, **kw: split)
+    paths, results = [], []
+    for algorithm in ("maml", "fomaml"):
+        for seed in (0, 1):
+            config = study.config_for("5w1s", algorithm, seed, iterations=3, width=8, meta_batch_size=2, q_query=2)
+            paths.append(study.run_path(tmp_path, "5w1s", algorithm, seed))
+            results.append(study.train_and_evaluate(config, paths[-1], tasks=6, progress=False))
+    # the same tasks: retested after the run's own 3 test steps, each run scores exactly what its result says
+    again = study.retest(paths, 3, progress=False)
+    assert [r["accuracy_3_steps"] for r in again] == [r["accuracy"] for r in results]
+    ten = study.retest(paths, 10, progress=False)
+    on_disk = [json.loads(p.with_name(p.name + ".result.json").read_text()) for p in paths]
+    assert on_disk == ten and all({"accuracy_10_steps", "ci95_10_steps", "accuracy_3_steps"} <= set(r) for r in ten)
+    assert all(r["accuracy"] == old["accuracy"] and r["config"] == old["config"] for r, old in zip(ten, results))
+    monkeypatch.setattr(study, "evaluate_fewshot", lambda *a, **k: pytest.fail("tested a retested run again"))
+    assert study.retest(paths, 10, progress=False) == ten
+
+    # the table: rows of their own, each right after its runs' row, and the gap at those steps, paired by seed
+    fake = [{**fake_result("5w1s", a, seed, acc), "accuracy_10_steps": acc10}
+            for a, seed, acc, acc10 in (("maml", 0, 96.0, 96.5), ("maml", 1, 96.2, 96.9), ("fomaml", 0, 92.0, 93.0),
+                                         ("fomaml", 1, 92.4, 93.1))]
+    summary = study.summarize(fake + [fake_result("5w1s", "fomaml", 2, 92.1)])  # seed 2: no retest, no pair
+    assert summary["5w1s maml, 10 test steps"]["by_seed"] == {0: 96.5, 1: 96.9}
+    assert summary["5w1s maml"]["by_seed"] == {0: 96.0, 1: 96.2}  # unchanged
+    assert summary["5w1s fomaml"]["seeds"] == 3 and summary["5w1s fomaml, 10 test steps"]["seeds"] == 2
+    gap = summary["5w1s gap maml − fomaml, 10 test steps"]
+    assert gap["paired_seeds"] == [0, 1] and gap["mean"] == pytest.approx(3.65)  # (3.5 + 3.8) / 2
+    assert summary["5w1s gap maml − fomaml"]["mean"] == pytest.approx(3.9)  # (4.0 + 3.8) / 2
+    names = list(summary)
+    assert names.index("5w1s maml, 10 test steps") == names.index("5w1s maml") + 1
+    assert names.index("5w1s gap maml − fomaml, 10 test steps") == names.index("5w1s gap maml − fomaml") + 1
+    assert "| 5w1s maml, 10 test steps | 96.70 ± 0.28 |" in study.markdown(summary)
+
+    # the records keep the new fields: `record` rewrites a record whose run gained fields
+    records = tmp_path / "records"
+    study.record(tmp_path, records)
+    assert json.loads((records / "5w1s_maml_s0.json").read_text())["accuracy_10_steps"] == ten[0]["accuracy_10_steps"]
+
+
+def test_retest_refuses_unfinished_runs_and_prototypical_networks_before_any_test(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "evaluate_fewshot", lambda *a, **k: pytest.fail("tested before refusing"))
+    (tmp_path / "5w1s_maml_s0.pt.result.json").write_text(json.dumps(fake_result("5w1s", "maml", 0, 96.0)))
+    with pytest.raises(ValueError, match=r"runs: no finished result .*5w1s_maml_s1\.pt\.result\.json"):
+        study.retest([study.run_path(tmp_path, "5w1s", "maml", s) for s in (0, 1)], 10)
+    (tmp_path / "20w1s_protonet_s0.pt.result.json").write_text(json.dumps(fake_result("20w1s", "protonet", 0, 90.0)))
+    with pytest.raises(ValueError, match="algorithms: .*prototypical network"):
+        study.retest([study.run_path(tmp_path, "5w1s", "maml", 0), study.run_path(tmp_path, "20w1s", "protonet", 0)], 10)
+    assert "accuracy_10_steps" not in json.loads((tmp_path / "5w1s_maml_s0.pt.result.json").read_text())
+    with pytest.raises(SystemExit) as e:
+        study.main(["retest", "--settings", "5w5s", "--seeds", "0", "--steps", "10", "--runs-dir", str(tmp_path)])
+    assert "error: runs: no finished result" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        study.main(["retest", "--settings", "5w5s", "--steps", "0", "--runs-dir", str(tmp_path)])
+    assert e.value.code == 2 and "--steps" in capsys.readouterr().err

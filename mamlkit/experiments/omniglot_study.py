@@ -19,6 +19,7 @@ mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap pai
     python -m mamlkit.experiments.omniglot_study run --settings 5w1s --split characters  # tested on the paper's split
     python -m mamlkit.experiments.omniglot_study ablation --seeds 0 1 2       # every row; --rows plain: one
     python -m mamlkit.experiments.omniglot_study table
+    python -m mamlkit.experiments.omniglot_study retest --settings 5w5s --seeds 0 1 2 --steps 10  # the same tasks
     python -m mamlkit.experiments.omniglot_study record                       # results -> mamlkit/results/
     python -m mamlkit.experiments.omniglot_study table --records              # the table from those records
     python -m mamlkit.experiments.omniglot_study ship --settings 5w1s 20w1s   # seed 0's MAML -> load_pretrained
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from dataclasses import asdict
@@ -200,6 +202,41 @@ def learned_inner_lr_fields(config: FewShotConfig, checkpoint: Path, test_set, t
             "ci95_train_steps": round(100 * ci95, 2), "train_steps": config.inner_steps}
 
 
+
+def retest(paths, steps: int, *, data_path=None, progress: bool = True) -> list[dict]:
+    """Test finished runs again after `steps` inner steps, on the same seeded test tasks as their result.
+
+    The paper's text tests its 5-way models after 3 inner steps (the study's test_steps), its reference code
+    after 10: this measures what that choice of the test is worth, with θ and α unchanged. Each result file
+    gains accuracy_<steps>_steps and ci95_<steps>_steps (`record` keeps them, `table` shows them as rows of
+    their own); a run already retested with `steps` is not tested again. Refused (ValueError, before any test)
+    where a run has no result yet or no inner loop (the prototypical network)."""
+    files = [Path(p).with_name(Path(p).name + ".result.json") for p in paths]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"runs: no finished result {', '.join(missing)}; train them first (`run`)")
+    results = [json.loads(f.read_text()) for f in files]
+    for f, result in zip(files, results):
+        if result["config"]["algorithm"] == "protonet":
+            raise ValueError(f"algorithms: {f.name} is a prototypical network, which has no inner steps to retest")
+    test_sets = {}  # split -> its test characters, read once
+    for path, f, result in zip(paths, files, results):
+        key = f"accuracy_{steps}_steps"
+        if key not in result:
+            config = FewShotConfig(**saved_config(result["config"]))
+            if config.split not in test_sets:
+                test_sets[config.split] = omniglot_split(data_path, split=config.split, glyphs_fallback=False)[2]
+            accuracy, ci95 = evaluate_fewshot(FewShotClassifier.from_checkpoint(path), test_sets[config.split].images,
+                                              n_way=config.n_way, k_shot=config.k_shot, tasks=result["test_tasks"],
+                                              steps=steps, seed=TEST_SEED)
+            result[key], result[f"ci95_{steps}_steps"] = round(100 * accuracy, 2), round(100 * ci95, 2)
+            atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", f)
+        if progress:
+            print(f"{Path(path).name}: {result[key]:.2f} ± {result[f'ci95_{steps}_steps']:.2f} % after {steps} "
+                  f"inner steps ({result['accuracy']:.2f} after {result['config']['test_steps']}) on "
+                  f"{result['test_tasks']} test tasks", flush=True)
+    return results
+
 def hardware(device: str) -> str:
     """What trained a run: the GPU's name, or "CPU" (its threads are the result's "threads")."""
     dev = torch.device(device)
@@ -245,7 +282,8 @@ def summarize(results: list[dict]) -> dict:
 
     Runs on the paper's split (characters) are rows of their own, named with SPLITS' suffix; gaps pair runs of
     one split. Each row also carries the meta-steps, the mean training minutes of the runs that recorded them
-    and, for 20-way runs, the mean ± sd of Lake et al.'s within-alphabet error."""
+    and, for 20-way runs, the mean ± sd of Lake et al.'s within-alphabet error. Runs retested after another
+    number of inner steps (`retest`) add rows (and gaps) named ", <steps> test steps"."""
     groups: dict[tuple, dict[int, float]] = {}
     extra: dict[tuple, dict[str, list]] = {}
     for r in results:
@@ -267,8 +305,12 @@ def summarize(results: list[dict]) -> dict:
         if name in ALGORITHMS and c["split"] in SPLITS:
             key = (setting, c["split"], name)
             groups.setdefault(key, {})[c["seed"]] = r["accuracy"]
-            more = extra.setdefault(key, {"iterations": set(), "minutes": {}, "lake": []})
+            more = extra.setdefault(key, {"iterations": set(), "minutes": {}, "lake": [], "retests": {}})
             more["iterations"].add(c["iterations"])
+            for field, value in r.items():  # retest(): accuracy after another number of inner steps
+                steps = re.fullmatch(r"accuracy_(\d+)_steps", field)
+                if steps:
+                    more["retests"].setdefault(int(steps[1]), {})[c["seed"]] = value
             if r.get("train_seconds") is not None and not r.get("train_seconds_from_step"):
                 on = r.get("hardware", "CPU")  # runs recorded before "hardware" ran on the CPU
                 more["minutes"].setdefault(on, []).append(r["train_seconds"] / 60)
@@ -288,17 +330,24 @@ def summarize(results: list[dict]) -> dict:
     for (s, split, a), v in sorted(groups.items(), key=order):
         more = extra[(s, split, a)]
         minutes = {on: round(statistics.fmean(m), 1) for on, m in sorted(more["minutes"].items())}
-        summary[f"{s} {a}{SPLITS[split]}"] = {**mean_sd(v.values()), "by_seed": v, "iterations": sorted(more["iterations"]),
-                               "minutes": minutes.pop("CPU", None), "gpu_minutes": minutes,  # GPU name -> minutes
-                               "lake": mean_sd(more["lake"]) if more["lake"] else None}
+        runs = {"iterations": sorted(more["iterations"]), "minutes": minutes.pop("CPU", None),
+                "gpu_minutes": minutes}  # GPU name -> minutes
+        summary[f"{s} {a}{SPLITS[split]}"] = {**mean_sd(v.values()), "by_seed": v, **runs,
+                                              "lake": mean_sd(more["lake"]) if more["lake"] else None}
+        for steps, by_seed in sorted(more["retests"].items()):  # the same runs, tested after other inner steps
+            summary[f"{s} {a}{SPLITS[split]}, {steps} test steps"] = {**mean_sd(by_seed.values()),
+                                                                       "by_seed": by_seed, **runs, "lake": None}
     for setting in SETTINGS:
         for split, suffix in SPLITS.items():
             for a, b in PAIRS:
-                first, second = groups.get((setting, split, a), {}), groups.get((setting, split, b), {})
-                paired = sorted(set(first) & set(second))
-                if paired:
-                    gaps = [first[s] - second[s] for s in paired]
-                    summary[f"{setting} gap {a} − {b}{suffix}"] = {**mean_sd(gaps), "paired_seeds": paired}
+                first, second = (extra.get((setting, split, x), {"retests": {}})["retests"] for x in (a, b))
+                tests = [("", groups.get((setting, split, a), {}), groups.get((setting, split, b), {}))]
+                tests += [(f", {n} test steps", first[n], second[n]) for n in sorted(set(first) & set(second))]
+                for steps, first_acc, second_acc in tests:
+                    paired = sorted(set(first_acc) & set(second_acc))
+                    if paired:
+                        gaps = [first_acc[s] - second_acc[s] for s in paired]
+                        summary[f"{setting} gap {a} − {b}{suffix}{steps}"] = {**mean_sd(gaps), "paired_seeds": paired}
     return summary
 
 
@@ -418,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ablation", "train and evaluate the ablation rows (5-way 1-shot MAML)"),
                        ("table", "print the table of every finished run"),
                        ("record", "copy every finished run's result into mamlkit/results/omniglot_study/"),
+                       ("retest", "test finished runs again after another number of inner steps (the same tasks)"),
                        ("ship", "replace the shipped checkpoints (load_pretrained) by the study's MAML and ProtoNet runs")):
         p = sub.add_parser(name, help=text, allow_abbrev=False)
         p.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"checkpoints and results (default {RUNS_DIR})")
@@ -426,6 +476,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"read the shipped records ({RECORDS.parent.name}/{RECORDS.name}/) instead of --runs-dir (default off)")
             continue
         if name == "record":
+            continue
+        if name == "retest":
+            p.add_argument("--steps", type=positive_int, required=True,
+                           help="inner steps at test time (required; the paper's reference code: 10)")
+            p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings (required)")
+            p.add_argument("--algorithms", nargs="+", choices=sorted(set(ALGORITHMS) - {"protonet"}),
+                           default=["maml", "fomaml"], help="which algorithms (default maml fomaml)")
+            p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="seeds (default 0)")
+            p.add_argument("--split", choices=list(SPLITS), default="alphabets",
+                           help="which test's runs: unseen alphabets (default) or the paper's split")
+            p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+            p.add_argument("--data", default=None, help="Omniglot folder (default: found automatically)")
             continue
         if name == "ship":
             p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), required=True, help="which settings (required)")
@@ -463,6 +525,11 @@ def main(argv=None) -> None:
         elif args.command == "record":
             written = record(args.runs_dir)
             print(f"recorded {len(written)} new result(s) in {RECORDS}")
+        elif args.command == "retest":
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            retest([run_path(args.runs_dir, s, a, seed, split=args.split)
+                    for seed in args.seeds for s in args.settings for a in args.algorithms], args.steps, data_path=args.data)
         elif args.command != "table":
             if args.threads:
                 torch.set_num_threads(args.threads)
