@@ -452,7 +452,7 @@ def test_retest_tests_finished_runs_again_on_the_same_tasks_and_adds_rows(tmp_pa
     assert study.retest(paths, 10, progress=False) == ten
 
     # the table: rows of their own, each right after its runs' row, and the gap at those steps, paired by seed
-    fake = [{**fake_result("5w1s", a, seed, acc), "accuracy_10_steps": acc10}
+    fake = [{**fake_result("5w1s", a, seed, acc), "accuracy_10_steps": acc10, "accuracy_3_steps": acc}
             for a, seed, acc, acc10 in (("maml", 0, 96.0, 96.5), ("maml", 1, 96.2, 96.9), ("fomaml", 0, 92.0, 93.0),
                                          ("fomaml", 1, 92.4, 93.1))]
     summary = study.summarize(fake + [fake_result("5w1s", "fomaml", 2, 92.1)])  # seed 2: no retest, no pair
@@ -466,6 +466,7 @@ def test_retest_tests_finished_runs_again_on_the_same_tasks_and_adds_rows(tmp_pa
     assert names.index("5w1s maml, 10 test steps") == names.index("5w1s maml") + 1
     assert names.index("5w1s gap maml − fomaml, 10 test steps") == names.index("5w1s gap maml − fomaml") + 1
     assert "| 5w1s maml, 10 test steps | 96.70 ± 0.28 |" in study.markdown(summary)
+    assert not any("3 test steps" in name for name in summary)  # the runs' own test steps: their rows already
 
     # the records keep the new fields: `record` rewrites a record whose run gained fields
     records = tmp_path / "records"

@@ -309,7 +309,7 @@ def summarize(results: list[dict]) -> dict:
             more["iterations"].add(c["iterations"])
             for field, value in r.items():  # retest(): accuracy after another number of inner steps
                 steps = re.fullmatch(r"accuracy_(\d+)_steps", field)
-                if steps:
+                if steps and int(steps[1]) != c["test_steps"]:  # (a retest after its own steps is its accuracy)
                     more["retests"].setdefault(int(steps[1]), {})[c["seed"]] = value
             if r.get("train_seconds") is not None and not r.get("train_seconds_from_step"):
                 on = r.get("hardware", "CPU")  # runs recorded before "hardware" ran on the CPU
