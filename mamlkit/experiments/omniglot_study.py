@@ -28,6 +28,9 @@ mean ± sd over seeds per setting and algorithm, and the MAML − FOMAML gap pai
 the README's tables can be re-made from a fresh clone with `table --records`; it refuses to replace a
 record by a different result of the same name (a result that only gained fields updates its record).
 
+`retest --steps 10` tests finished runs again on the same tasks after 10 inner steps, as the paper's reference
+code tests (the rows test after 3, as its text says); `table` shows them as rows ending ", 10 test steps".
+
 `ship` replaces the shipped checkpoint of each setting (mamlkit/weights/, what `load_pretrained` returns) by
 the study's MAML run of `--seed` on unseen alphabets (and the prototypical network's, `load_pretrained(..., algorithm="protonet")`),
 and that setting's rows of the shipped table by the study's results; it refuses a run shorter than the row it would replace, and settings not named keep theirs.
@@ -202,7 +205,6 @@ def learned_inner_lr_fields(config: FewShotConfig, checkpoint: Path, test_set, t
             "ci95_train_steps": round(100 * ci95, 2), "train_steps": config.inner_steps}
 
 
-
 def retest(paths, steps: int, *, data_path=None, progress: bool = True) -> list[dict]:
     """Test finished runs again after `steps` inner steps, on the same seeded test tasks as their result.
 
@@ -236,6 +238,7 @@ def retest(paths, steps: int, *, data_path=None, progress: bool = True) -> list[
                   f"inner steps ({result['accuracy']:.2f} after {result['config']['test_steps']}) on "
                   f"{result['test_tasks']} test tasks", flush=True)
     return results
+
 
 def hardware(device: str) -> str:
     """What trained a run: the GPU's name, or "CPU" (its threads are the result's "threads")."""
