@@ -473,6 +473,14 @@ def test_retest_tests_finished_runs_again_on_the_same_tasks_and_adds_rows(tmp_pa
     study.record(tmp_path, records)
     assert json.loads((records / "5w1s_maml_s0.json").read_text())["accuracy_10_steps"] == ten[0]["accuracy_10_steps"]
 
+    # a result written before a configuration field existed (here "algorithm") is retested all the same
+    monkeypatch.setattr(study, "evaluate_fewshot", lambda *a, **k: (0.5, 0.01))
+    old = json.loads(paths[0].with_name(paths[0].name + ".result.json").read_text())
+    del old["config"]["algorithm"], old["accuracy_10_steps"]
+    paths[0].with_name(paths[0].name + ".result.json").write_text(json.dumps(old))
+    assert study.retest(paths[:1], 10, progress=True)[0]["accuracy_10_steps"] == 50.0
+    assert "50.00 ± 1.00 % after 10 inner steps" in capsys.readouterr().out
+
 
 def test_retest_refuses_unfinished_runs_and_prototypical_networks_before_any_test(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "evaluate_fewshot", lambda *a, **k: pytest.fail("tested before refusing"))

@@ -218,14 +218,14 @@ def retest(paths, steps: int, *, data_path=None, progress: bool = True) -> list[
     if missing:
         raise ValueError(f"runs: no finished result {', '.join(missing)}; train them first (`run`)")
     results = [json.loads(f.read_text()) for f in files]
-    for f, result in zip(files, results):
-        if result["config"]["algorithm"] == "protonet":
+    configs = [FewShotConfig(**saved_config(r["config"])) for r in results]  # (older results lack newer fields)
+    for f, config in zip(files, configs):
+        if config.algorithm == "protonet":
             raise ValueError(f"algorithms: {f.name} is a prototypical network, which has no inner steps to retest")
     test_sets = {}  # split -> its test characters, read once
-    for path, f, result in zip(paths, files, results):
+    for path, f, result, config in zip(paths, files, results, configs):
         key = f"accuracy_{steps}_steps"
         if key not in result:
-            config = FewShotConfig(**saved_config(result["config"]))
             if config.split not in test_sets:
                 test_sets[config.split] = omniglot_split(data_path, split=config.split, glyphs_fallback=False)[2]
             accuracy, ci95 = evaluate_fewshot(FewShotClassifier.from_checkpoint(path), test_sets[config.split].images,
@@ -235,7 +235,7 @@ def retest(paths, steps: int, *, data_path=None, progress: bool = True) -> list[
             atomic_write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", f)
         if progress:
             print(f"{Path(path).name}: {result[key]:.2f} ± {result[f'ci95_{steps}_steps']:.2f} % after {steps} "
-                  f"inner steps ({result['accuracy']:.2f} after {result['config']['test_steps']}) on "
+                  f"inner steps ({result['accuracy']:.2f} after {config.test_steps}) on "
                   f"{result['test_tasks']} test tasks", flush=True)
     return results
 
