@@ -467,6 +467,13 @@ def test_retest_tests_finished_runs_again_on_the_same_tasks_and_adds_rows(tmp_pa
     assert names.index("5w1s gap maml − fomaml, 10 test steps") == names.index("5w1s gap maml − fomaml") + 1
     assert "| 5w1s maml, 10 test steps | 96.70 ± 0.28 |" in study.markdown(summary)
     assert not any("3 test steps" in name for name in summary)  # the runs' own test steps: their rows already
+    # a retest row's minutes are those of the runs it retested (seed 1 trained on a GPU, not retested)
+    timed = [{**fake_result("20w1s", "maml", 0, 85.0), "train_seconds": 600.0, "accuracy_10_steps": 86.0},
+             {**fake_result("20w1s", "maml", 1, 86.0), "train_seconds": 60.0, "hardware": "NVIDIA H200"}]
+    summary = study.summarize(timed)
+    assert (summary["20w1s maml"]["minutes"], summary["20w1s maml"]["gpu_minutes"]) == (10.0, {"NVIDIA H200": 1.0})
+    assert (summary["20w1s maml, 10 test steps"]["minutes"], summary["20w1s maml, 10 test steps"]["gpu_minutes"]) \
+        == (10.0, {})
 
     # the records keep the new fields: `record` rewrites a record whose run gained fields
     records = tmp_path / "records"

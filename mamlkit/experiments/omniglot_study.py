@@ -316,7 +316,7 @@ def summarize(results: list[dict]) -> dict:
                     more["retests"].setdefault(int(steps[1]), {})[c["seed"]] = value
             if r.get("train_seconds") is not None and not r.get("train_seconds_from_step"):
                 on = r.get("hardware", "CPU")  # runs recorded before "hardware" ran on the CPU
-                more["minutes"].setdefault(on, []).append(r["train_seconds"] / 60)
+                more["minutes"][c["seed"]] = (on, r["train_seconds"] / 60)
             if r.get("lake_error") is not None:
                 more["lake"].append(r["lake_error"])
 
@@ -332,14 +332,19 @@ def summarize(results: list[dict]) -> dict:
 
     for (s, split, a), v in sorted(groups.items(), key=order):
         more = extra[(s, split, a)]
-        minutes = {on: round(statistics.fmean(m), 1) for on, m in sorted(more["minutes"].items())}
-        runs = {"iterations": sorted(more["iterations"]), "minutes": minutes.pop("CPU", None),
-                "gpu_minutes": minutes}  # GPU name -> minutes
-        summary[f"{s} {a}{SPLITS[split]}"] = {**mean_sd(v.values()), "by_seed": v, **runs,
+        def runs(seeds):  # meta-steps, and mean training minutes per hardware of those seeds' runs
+            on: dict[str, list[float]] = {}
+            for hw, m in (more["minutes"][seed] for seed in sorted(seeds) if seed in more["minutes"]):
+                on.setdefault(hw, []).append(m)
+            minutes = {hw: round(statistics.fmean(m), 1) for hw, m in sorted(on.items())}
+            return {"iterations": sorted(more["iterations"]), "minutes": minutes.pop("CPU", None),
+                    "gpu_minutes": minutes}  # GPU name -> minutes
+
+        summary[f"{s} {a}{SPLITS[split]}"] = {**mean_sd(v.values()), "by_seed": v, **runs(v),
                                               "lake": mean_sd(more["lake"]) if more["lake"] else None}
         for steps, by_seed in sorted(more["retests"].items()):  # the same runs, tested after other inner steps
             summary[f"{s} {a}{SPLITS[split]}, {steps} test steps"] = {**mean_sd(by_seed.values()),
-                                                                       "by_seed": by_seed, **runs, "lake": None}
+                                                                       "by_seed": by_seed, **runs(by_seed), "lake": None}
     for setting in SETTINGS:
         for split, suffix in SPLITS.items():
             for a, b in PAIRS:
