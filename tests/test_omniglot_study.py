@@ -47,14 +47,19 @@ def test_summary_is_mean_and_sd_over_seeds_and_the_gap_is_paired():
     assert "plain (constant β, no augmentation) | 90.00 (one seed)" in table
 
 
-def test_train_and_evaluate_writes_its_result_once(tmp_path, monkeypatch):
-    g = torch.Generator().manual_seed(0)
+def tiny_omniglot(seed: int, train: int):
+    """A stand-in for omniglot_split: 12 noisy copies-of-a-prototype "characters", the first `train` for training."""
+    g = torch.Generator().manual_seed(seed)
     protos = (torch.rand(12, 1, 7, 7, generator=g) > 0.6).float().repeat_interleave(4, 2).repeat_interleave(4, 3)
     images = ((protos != (torch.rand(12, 20, 28, 28, generator=g) < 0.1).float()).float() * 255).to(torch.uint8)
     names = [f"A/character{i:02d}" for i in range(12)]
-    split = (OmniglotData(images, names, "p"), OmniglotData(images[:8], names[:8], "train"),
-             OmniglotData(images[8:], names[8:], "test"))
-    monkeypatch.setattr(study, "omniglot_split", lambda path=None, **kw: split)
+    split = (OmniglotData(images, names, "p"), OmniglotData(images[:train], names[:train], "train"),
+             OmniglotData(images[train:], names[train:], "test"))
+    return lambda path=None, **kw: split
+
+
+def test_train_and_evaluate_writes_its_result_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "omniglot_split", tiny_omniglot(seed=0, train=8))
     config = FewShotConfig(n_way=3, k_shot=1, q_query=2, meta_batch_size=2, width=8, iterations=3, augment=True,
                            meta_lr_schedule="cosine")
     path = tmp_path / "run.pt"
@@ -428,13 +433,7 @@ def test_the_gpu_session_packs_unfinished_checkpoints_and_resumes_them(tmp_path)
 
 
 def test_retest_tests_finished_runs_again_on_the_same_tasks_and_adds_rows(tmp_path, monkeypatch, capsys):
-    g = torch.Generator().manual_seed(1)
-    protos = (torch.rand(12, 1, 7, 7, generator=g) > 0.6).float().repeat_interleave(4, 2).repeat_interleave(4, 3)
-    images = ((protos != (torch.rand(12, 20, 28, 28, generator=g) < 0.1).float()).float() * 255).to(torch.uint8)
-    names = [f"A/character{i:02d}" for i in range(12)]
-    split = (OmniglotData(images, names, "p"), OmniglotData(images[:7], names[:7], "train"),
-             OmniglotData(images[7:], names[7:], "test"))
-    monkeypatch.setattr(study, "omniglot_split", lambda path=None, **kw: split)
+    monkeypatch.setattr(study, "omniglot_split", tiny_omniglot(seed=1, train=7))
     paths, results = [], []
     for algorithm in ("maml", "fomaml"):
         for seed in (0, 1):
