@@ -62,6 +62,7 @@ same number of processes. Scaling on one machine: `python -m mamlkit.bench.distr
 """
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Sequence
@@ -120,9 +121,18 @@ def init(*, backend: str | None = None, timeout: timedelta | None = None) -> boo
     if backend is None:
         backend = "cpu:gloo,cuda:nccl" if cuda and dist.is_nccl_available() else "gloo"
     dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    # torch asks for the group to be destroyed before exit: left to the interpreter's shutdown, gloo's threads
+    # can outlive it and abort a rank that had finished cleanly ("terminate called without an active exception")
+    atexit.register(_destroy)
     global _timeout_s
     _timeout_s = timeout.total_seconds()
     return True
+
+
+def _destroy() -> None:
+    """At exit: destroy the process group if it is still there (a no-op after an explicit destroy)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device(device: str | torch.device) -> str | torch.device:

@@ -259,3 +259,17 @@ def test_resume_after_a_kill_is_exact(exact_job, killed_job):  # (d)
         assert torch.equal(resumed["learner"]["model"][k], v), k
     assert all(torch.equal(a, b) for a, b in zip(resumed["generators"], reference["generators"]))
     assert resumed["log"] == reference["log"]
+
+
+def test_the_process_group_is_destroyed_at_exit(tmp_path):
+    # torch asks for destroy_process_group() before exit; without it gloo's threads can abort a finished rank.
+    # atexit runs handlers last-registered first, so a handler registered before init() sees the state after ours.
+    flag = tmp_path / "destroyed.txt"
+    code = ("import atexit, torch.distributed as dist; from mamlkit import distributed; "
+            f"atexit.register(lambda: open({str(flag)!r}, 'w').write(str(not dist.is_initialized()))); "
+            "assert distributed.init() and dist.is_initialized()")
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert flag.read_text() == "True"
